@@ -1,0 +1,210 @@
+"""DeepSeek-V4 configuration, reading the official config.json keys unchanged.
+
+This file is bundled next to `modeling_deepseek_v4.py` in every exported folder, so it depends on
+transformers only. Defaults are DeepSeek-V4-Flash. An inconsistent config fails at construction with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+SLIDING, CSA, HCA = 0, 4, 128
+"""The three layer kinds, by compression ratio: sliding window only, compressed sparse attention with the
+lightning indexer (overlapping windows of 4), heavily compressed attention (windows of 128)."""
+
+SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
+
+FLASH_YARN = {
+    "type": "yarn",
+    "factor": 16,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "original_max_position_embeddings": 65536,
+}
+
+
+def flash_compress_ratios(num_hidden_layers: int, num_nextn_predict_layers: int) -> list[int]:
+    """V4-Flash's schedule: two sliding layers, then CSA/HCA alternating; MTP blocks are sliding."""
+    layers = [SLIDING if i < 2 else (CSA if i % 2 == 0 else HCA) for i in range(num_hidden_layers)]
+    return layers + [SLIDING] * num_nextn_predict_layers
+
+
+class DeepseekV4Config(PretrainedConfig):
+    r"""Configuration of a DeepSeek-V4 model (`model_type="deepseek_v4"`).
+
+    Field names are those of the official release's config.json. `compress_ratios` has one entry per
+    decoder layer followed by one per MTP block; `rope_scaling` (YaRN) applies to compressed layers only.
+    """
+
+    model_type = "deepseek_v4"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 129280,
+        hidden_size: int = 4096,
+        num_hidden_layers: int = 43,
+        num_attention_heads: int = 64,
+        num_key_value_heads: int = 1,
+        head_dim: int = 512,
+        qk_rope_head_dim: int = 64,
+        q_lora_rank: int = 1024,
+        o_groups: int = 8,
+        o_lora_rank: int = 1024,
+        sliding_window: int = 128,
+        compress_ratios: list[int] | None = None,
+        rope_theta: float = 10000.0,
+        compress_rope_theta: float = 160000.0,
+        rope_scaling: dict[str, Any] | None = None,
+        max_position_embeddings: int = 1048576,
+        rms_norm_eps: float = 1e-6,
+        index_n_heads: int = 64,
+        index_head_dim: int = 128,
+        index_topk: int = 512,
+        hc_mult: int = 4,
+        hc_sinkhorn_iters: int = 20,
+        hc_eps: float = 1e-6,
+        n_routed_experts: int = 256,
+        num_experts_per_tok: int = 6,
+        moe_intermediate_size: int = 2048,
+        n_shared_experts: int = 1,
+        num_hash_layers: int = 3,
+        scoring_func: str = "sqrtsoftplus",
+        routed_scaling_factor: float = 1.5,
+        swiglu_limit: float = 10.0,
+        topk_method: str = "noaux_tc",
+        num_nextn_predict_layers: int = 1,
+        hidden_act: str = "silu",
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = False,
+        bos_token_id: int | None = 0,
+        eos_token_id: int | list[int] | None = 1,
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.qk_rope_head_dim = qk_rope_head_dim
+        self.q_lora_rank = q_lora_rank
+        self.o_groups = o_groups
+        self.o_lora_rank = o_lora_rank
+        self.sliding_window = sliding_window
+        if compress_ratios is None:
+            compress_ratios = flash_compress_ratios(num_hidden_layers, num_nextn_predict_layers)
+        self.compress_ratios = list(compress_ratios)
+        self.rope_theta = rope_theta
+        self.compress_rope_theta = compress_rope_theta
+        # `rope_scaling` is a property of PretrainedConfig in transformers 5 (an alias of
+        # `rope_parameters`), so the YaRN dict is held under its own name and written back by to_dict.
+        self.yarn_scaling = dict(FLASH_YARN if rope_scaling is None else rope_scaling)
+        self.max_position_embeddings = max_position_embeddings
+        self.rms_norm_eps = rms_norm_eps
+        self.index_n_heads = index_n_heads
+        self.index_head_dim = index_head_dim
+        self.index_topk = index_topk
+        self.hc_mult = hc_mult
+        self.hc_sinkhorn_iters = hc_sinkhorn_iters
+        self.hc_eps = hc_eps
+        self.n_routed_experts = n_routed_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.moe_intermediate_size = moe_intermediate_size
+        self.n_shared_experts = n_shared_experts
+        self.num_hash_layers = num_hash_layers
+        self.scoring_func = scoring_func
+        self.routed_scaling_factor = routed_scaling_factor
+        self.swiglu_limit = swiglu_limit
+        self.topk_method = topk_method
+        self.num_nextn_predict_layers = num_nextn_predict_layers
+        self.hidden_act = hidden_act
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        kwargs.pop("rope_parameters", None)  # a transformers-5 alias of rope_scaling, never authoritative
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["rope_scaling"] = out.pop("yarn_scaling")
+        out.pop("rope_parameters", None)
+        return out
+
+    @property
+    def layer_ratios(self) -> list[int]:
+        """Compression ratio of each decoder layer (MTP entries excluded)."""
+        return self.compress_ratios[: self.num_hidden_layers]
+
+    @property
+    def mtp_ratios(self) -> list[int]:
+        """Compression ratio of each MTP block."""
+        n = self.num_hidden_layers
+        return self.compress_ratios[n : n + self.num_nextn_predict_layers]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+
+        def fail(field: str, why: str) -> None:
+            raise ValueError(f"DeepseekV4Config: invalid `{field}`: {why}")
+
+        positive = (
+            "vocab_size hidden_size num_hidden_layers num_attention_heads head_dim q_lora_rank o_groups "
+            "o_lora_rank sliding_window index_n_heads index_head_dim index_topk hc_mult hc_sinkhorn_iters "
+            "n_routed_experts num_experts_per_tok moe_intermediate_size"
+        ).split()
+        for field in positive:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if self.num_nextn_predict_layers < 0 or self.num_hash_layers < 0:
+            fail("num_nextn_predict_layers" if self.num_nextn_predict_layers < 0 else "num_hash_layers",
+                 "must be >= 0")
+        if self.num_key_value_heads != 1:
+            fail("num_key_value_heads", f"V4 has one shared K=V head, got {self.num_key_value_heads}")
+        rope = self.qk_rope_head_dim
+        if rope % 2 or rope < 2 or rope > self.head_dim:
+            fail("qk_rope_head_dim", f"must be even and in [2, head_dim={self.head_dim}], got {rope}")
+        if rope > self.index_head_dim:
+            fail("index_head_dim", f"must be >= qk_rope_head_dim={rope}, got {self.index_head_dim}")
+        if (self.num_attention_heads * self.head_dim) % self.o_groups or self.num_attention_heads % self.o_groups:
+            fail("o_groups", f"must divide num_attention_heads={self.num_attention_heads}, got {self.o_groups}")
+        if self.num_experts_per_tok > self.n_routed_experts:
+            fail("num_experts_per_tok", f"{self.num_experts_per_tok} > n_routed_experts={self.n_routed_experts}")
+        if self.n_shared_experts != 1:
+            fail("n_shared_experts", f"V4 has exactly one shared expert, got {self.n_shared_experts}")
+        if self.num_hash_layers > self.num_hidden_layers:
+            fail("num_hash_layers", f"{self.num_hash_layers} > num_hidden_layers={self.num_hidden_layers}")
+        if self.scoring_func not in SCORING_FUNCS:
+            fail("scoring_func", f"must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
+        needed = self.num_hidden_layers + self.num_nextn_predict_layers
+        if len(self.compress_ratios) < needed:
+            fail("compress_ratios", f"has {len(self.compress_ratios)} entries, needs num_hidden_layers + "
+                 f"num_nextn_predict_layers = {needed}")
+        bad = sorted({r for r in self.compress_ratios[:needed] if r not in (SLIDING, CSA, HCA)})
+        if bad:
+            fail("compress_ratios", f"unknown ratio(s) {bad}; V4 uses 0 (sliding), 4 (CSA), 128 (HCA)")
+        yarn = self.yarn_scaling
+        if yarn:
+            kind = yarn.get("type", yarn.get("rope_type"))
+            if kind != "yarn":
+                fail("rope_scaling", f"only YaRN scaling is defined for V4, got type {kind!r}")
+            for key in ("factor", "original_max_position_embeddings"):
+                if not isinstance(yarn.get(key), (int, float)) or yarn[key] <= 0:
+                    fail("rope_scaling", f"`{key}` must be a positive number, got {yarn.get(key)!r}")
+        if not (math.isfinite(self.rms_norm_eps) and self.rms_norm_eps > 0):
+            fail("rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
+
+
+__all__ = ["DeepseekV4Config", "flash_compress_ratios", "SLIDING", "CSA", "HCA"]

@@ -1,0 +1,805 @@
+"""DeepSeek-V4 (Flash) in plain PyTorch, with official checkpoint parameter names.
+
+Bundled into every exported folder next to `configuration_deepseek_v4.py` (loaded with
+`trust_remote_code=True`), so it imports only torch, transformers and its sibling config.
+
+Architecture (see V4_ARCHITECTURE.md): low-rank queries, one shared K=V head with attention sinks, partial
+interleaved RoPE (YaRN on compressed layers), a sliding window on every layer plus, per layer, either nothing
+(ratio 0), compressed sparse attention over 4-token overlapping windows chosen by the lightning indexer
+(ratio 4), or heavily compressed attention over 128-token windows (ratio 128); grouped low-rank output;
+manifold-constrained hyper-connections (mHC, Sinkhorn-normalised) around every block; an MoE on every layer
+(sqrtsoftplus scores, bias-corrected top-k or hash routing by token id, a shared expert, SwiGLU clamp); and
+a multi-token-prediction (MTP) block.
+
+Decode state is a flat, ordered dict of tensors (`DeepseekV4Cache`), so that a traced graph can carry every
+piece of it as an OpenVINO state. Lengths that decide tensor shapes are read from shapes (the open-window
+rows of a compressor are exactly `L mod r` rows), never from Python counters; the absolute position is a
+tensor (`length`). One forward serves prefill, chunked prefill and one-token decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration_deepseek_v4 import CSA, HCA, SLIDING, DeepseekV4Config
+
+NEG_INF = float("-inf")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Small pieces
+# ------------------------------------------------------------------------------------------------------
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Unweighted RMSNorm in FP32 over the last axis."""
+    x = x.float()
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
+class RMSNorm(nn.Module):
+    """Weighted RMSNorm computed in FP32, output in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (rms_normalize(x, self.eps) * self.weight.float()).to(x.dtype)
+
+
+def linear(in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=False)
+
+
+def rope_inv_freq(rope_dim: int, theta: float, yarn: dict | None) -> torch.Tensor:
+    """Inverse frequencies of the `rope_dim/2` channel pairs, with YaRN's ramp blend when `yarn` is given.
+
+    YaRN (compressed layers only): pairs below the `beta_fast` correction index keep the base frequency,
+    pairs above the `beta_slow` index are divided by `factor`, a linear ramp in between. No mscale is applied
+    to cos/sin (the attention scale stays head_dim^-0.5), as in both reference implementations.
+    """
+    base = 1.0 / theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim)
+    if not yarn:
+        return base.float()
+    factor = float(yarn["factor"])
+    original = float(yarn["original_max_position_embeddings"])
+
+    def correction_index(rotations: float) -> float:
+        return rope_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_index(float(yarn.get("beta_fast", 32)))), 0)
+    high = min(math.ceil(correction_index(float(yarn.get("beta_slow", 1)))), rope_dim - 1)
+    if high == low:
+        high += 0.001  # avoid a zero-width ramp (same guard as the reference implementations)
+    ramp = ((torch.arange(rope_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    return (base * (1 - ramp) + base / factor * ramp).float()
+
+
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin `[..., rope_dim/2]` of positions `[...]` (FP32)."""
+    angles = positions.float().unsqueeze(-1) * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotate the trailing `2*cos.shape[-1]` channels of x as adjacent (interleaved) pairs.
+
+    cos/sin must broadcast to `x[..., :rope_dim/2]`. `inverse` rotates by the negative angle.
+    """
+    rope_dim = 2 * cos.shape[-1]
+    rest, rot = x[..., :-rope_dim], x[..., -rope_dim:].float().unflatten(-1, (-1, 2))
+    a, b = rot[..., 0], rot[..., 1]
+    if inverse:
+        sin = -sin
+    rot = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    return torch.cat((rest, rot.to(x.dtype)), dim=-1)
+
+
+class Rope(nn.Module):
+    """RoPE of one layer kind: main (sliding layers) or compress (CSA/HCA layers, YaRN)."""
+
+    def __init__(self, rope_dim: int, theta: float, yarn: dict | None) -> None:
+        super().__init__()
+        self.spec = (rope_dim, theta, yarn)
+        self.register_buffer("inv_freq", rope_inv_freq(rope_dim, theta, yarn), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_angles(positions, self.inv_freq)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Compressor and lightning indexer
+# ------------------------------------------------------------------------------------------------------
+class Compressor(nn.Module):
+    """Gated pooling of every `ratio` consecutive tokens into one `dim`-wide entry.
+
+    Each token contributes projected rows c = wkv·x and gates z = wgate·x + ape[t mod ratio]; an entry is a
+    per-channel softmax(z)-weighted sum of c over its window, RMS-normalised and RoPE'd at the position of
+    the window's first token. With `overlap` (ratio 4, CSA) rows are 2*dim wide: entry w pools the first
+    halves of window w-1 and the second halves of window w (8 slots per channel).
+
+    State (all FP32): `pending_kv/pending_gate [B, L mod ratio, width]` rows of the open window, and for
+    overlap `prev_kv/prev_gate [B, ratio, dim]`, the first halves of the last complete window (zeros at
+    start; window 0 masks them out by position, so zero-initialised state is valid).
+    """
+
+    def __init__(self, config: DeepseekV4Config, ratio: int, dim: int) -> None:
+        super().__init__()
+        self.ratio, self.dim, self.overlap = ratio, dim, ratio == CSA
+        width = dim * (2 if self.overlap else 1)
+        self.wkv = linear(config.hidden_size, width)
+        self.wgate = linear(config.hidden_size, width)
+        self.ape = nn.Parameter(torch.zeros(ratio, width))
+        self.norm = RMSNorm(dim, config.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor], prefix: str
+    ) -> torch.Tensor:
+        """Append x's rows; return the entries completed by this call `[B, n, dim]`, updating `state`."""
+        r, d = self.ratio, self.dim
+        kv = F.linear(x.float(), self.wkv.weight.float())
+        gate = F.linear(x.float(), self.wgate.weight.float()) + self.ape.float()[positions % r]
+        pending_kv, pending_gate = state[prefix + "pending_kv"], state[prefix + "pending_gate"]
+        kv, gate = torch.cat((pending_kv, kv), 1), torch.cat((pending_gate, gate), 1)
+        n_windows = kv.shape[1] // r
+        used = n_windows * r
+        state[prefix + "pending_kv"], state[prefix + "pending_gate"] = kv[:, used:], gate[:, used:]
+        batch, width = kv.shape[0], kv.shape[2]
+        kv, gate = kv[:, :used].reshape(batch, n_windows, r, width), gate[:, :used].reshape(batch, n_windows, r, width)
+        # absolute index of every window completed here: the first row of `kv` sits at a window start
+        windows = (positions[:, :1] - pending_kv.shape[1]) // r + torch.arange(n_windows, device=x.device)
+        if self.overlap:
+            prev_kv = torch.cat((state[prefix + "prev_kv"].unsqueeze(1), kv[..., :d]), 1)
+            prev_gate = torch.cat((state[prefix + "prev_gate"].unsqueeze(1), gate[..., :d]), 1)
+            state[prefix + "prev_kv"], state[prefix + "prev_gate"] = prev_kv[:, -1], prev_gate[:, -1]
+            first_halves_gate = prev_gate[:, :-1].masked_fill((windows == 0)[..., None, None], NEG_INF)
+            kv = torch.cat((prev_kv[:, :-1], kv[..., d:]), 2)
+            gate = torch.cat((first_halves_gate, gate[..., d:]), 2)
+        entries = (gate.softmax(dim=2) * kv).sum(2)
+        entries = self.norm(entries)
+        cos, sin = rope(windows * r)
+        return apply_rope(entries, cos, sin)
+
+    def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
+        width = self.dim * (2 if self.overlap else 1)
+        state = {
+            prefix + "pending_kv": torch.zeros(batch, 0, width, device=device),
+            prefix + "pending_gate": torch.zeros(batch, 0, width, device=device),
+        }
+        if self.overlap:
+            state[prefix + "prev_kv"] = torch.zeros(batch, self.ratio, self.dim, device=device)
+            state[prefix + "prev_gate"] = torch.zeros(batch, self.ratio, self.dim, device=device)
+        return state
+
+
+def visible_entries(positions: torch.Tensor, count: int, ratio: int) -> torch.Tensor:
+    """`[B, S, count]` bool: entry w is visible to the query at t iff its window ended at or before t."""
+    entry = torch.arange(count, device=positions.device)
+    return entry < torch.div(positions + 1, ratio, rounding_mode="floor").unsqueeze(-1)
+
+
+class Indexer(nn.Module):
+    """Lightning indexer of CSA layers: picks the top-`index_topk` compressed entries for each query.
+
+    score(t, s) = sum_h w_h(t) * ReLU(q_h(t) . K_s) / sqrt(index_head_dim), with w = weights_proj(x) /
+    sqrt(index_n_heads) and K the indexer's own compressed keys. The top-k runs over a fixed k on an axis
+    padded with -inf columns, and picks at or beyond the query's visible count are invalid, so the graph
+    never depends on how many entries exist.
+    """
+
+    def __init__(self, config: DeepseekV4Config) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.topk = config.index_n_heads, config.index_head_dim, config.index_topk
+        self.wq_b = linear(config.q_lora_rank, self.n_heads * self.head_dim)
+        self.weights_proj = linear(config.hidden_size, self.n_heads)
+        self.compressor = Compressor(config, CSA, self.head_dim)
+
+    def scores(
+        self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: Rope, keys: torch.Tensor
+    ) -> torch.Tensor:
+        """Index scores `[B, S, T]` (FP32), -inf where the entry is not yet visible."""
+        batch, seq = x.shape[:2]
+        q = self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)
+        cos, sin = rope(positions)
+        q = apply_rope(q, cos.unsqueeze(2), sin.unsqueeze(2)).float()
+        weights = self.weights_proj(x).float() * self.n_heads**-0.5
+        dots = torch.einsum("bshd,btd->bsht", q, keys.float()).relu() * self.head_dim**-0.5
+        scores = torch.einsum("bsht,bsh->bst", dots, weights)
+        return scores.masked_fill(~visible_entries(positions, keys.shape[1], CSA), NEG_INF)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        qr: torch.Tensor,
+        positions: torch.Tensor,
+        rope: Rope,
+        state: dict[str, torch.Tensor],
+        prefix: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return picked entry indices `[B, S, k]` and their validity."""
+        new_keys = self.compressor(x, positions, rope, state, prefix + "index_")
+        keys = torch.cat((state[prefix + "index_keys"], new_keys), 1)
+        state[prefix + "index_keys"] = keys
+        scores = self.scores(x, qr, positions, rope, keys)
+        padding = scores.new_full((*scores.shape[:2], self.topk), NEG_INF)
+        picks = torch.cat((scores, padding), -1).topk(self.topk, dim=-1).indices
+        valid = picks < torch.div(positions + 1, CSA, rounding_mode="floor").unsqueeze(-1)
+        return picks, valid
+
+
+# ------------------------------------------------------------------------------------------------------
+# Attention
+# ------------------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """V4 attention: sliding window for every layer, plus compressed entries on CSA/HCA layers.
+
+    State: `window [B, min(L, W-1), D]` (RoPE'd K=V rows of the last W-1 tokens), and on compressed layers
+    `entries [B, L//r, D]` plus the compressor's (and on CSA the indexer's) state.
+    """
+
+    def __init__(self, config: DeepseekV4Config, ratio: int) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.n_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.window, self.groups = config.sliding_window, config.o_groups
+        self.eps = config.rms_norm_eps
+        hd = config.hidden_size
+        self.wq_a = linear(hd, config.q_lora_rank)
+        self.q_norm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+        self.wq_b = linear(config.q_lora_rank, self.n_heads * self.head_dim)
+        self.wkv = linear(hd, self.head_dim)
+        self.kv_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.wo_a = linear(self.n_heads * self.head_dim // self.groups, self.groups * config.o_lora_rank)
+        self.wo_b = linear(self.groups * config.o_lora_rank, hd)
+        self.attn_sink = nn.Parameter(torch.zeros(self.n_heads))
+        self.compressor = Compressor(config, ratio, self.head_dim) if ratio else None
+        self.indexer = Indexer(config) if ratio == CSA else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: Rope,
+        state: dict[str, torch.Tensor],
+        prefix: str,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        cos, sin = rope(positions)
+        qr = self.q_norm(self.wq_a(x))
+        q = self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)
+        q = apply_rope(rms_normalize(q, self.eps).to(x.dtype), cos.unsqueeze(2), sin.unsqueeze(2))
+        kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)
+
+        # sliding window: W keys per query, the query's own token included
+        past = state[prefix + "window"]
+        keys = torch.cat((past, kv), 1)
+        key_pos = positions[:, :1] - past.shape[1] + torch.arange(keys.shape[1], device=x.device)
+        delta = positions.unsqueeze(-1) - key_pos.unsqueeze(1)  # [B, S, K]
+        window_mask = (delta >= 0) & (delta < self.window)
+        state[prefix + "window"] = keys[:, -(self.window - 1) :] if self.window > 1 else keys[:, :0]
+        scale = self.head_dim**-0.5
+        scores = [torch.einsum("bshd,bkd->bhsk", q, keys).float().mul(scale).masked_fill(~window_mask[:, None], NEG_INF)]
+
+        compressed = None
+        if self.compressor is not None:
+            new_entries = self.compressor(x, positions, rope, state, prefix)
+            entries = torch.cat((state[prefix + "entries"], new_entries.to(state[prefix + "entries"].dtype)), 1)
+            state[prefix + "entries"] = entries
+            entries = entries.to(x.dtype)
+            if self.indexer is not None:
+                picks, valid = self.indexer(x, qr, positions, rope, state, prefix)
+                padded = torch.cat((entries, entries.new_zeros(batch, 1, self.head_dim)), 1)
+                picks = torch.where(valid, picks, entries.shape[1])  # invalid picks read the zero row
+                compressed = torch.gather(
+                    padded.unsqueeze(1).expand(batch, seq, -1, -1), 2,
+                    picks.unsqueeze(-1).expand(-1, -1, -1, self.head_dim),
+                )  # [B, S, k, D]
+                c_scores = torch.einsum("bshd,bskd->bhsk", q, compressed)
+                c_mask = valid
+            else:
+                compressed = entries  # [B, N, D]: HCA attends to every visible entry
+                c_scores = torch.einsum("bshd,bnd->bhsn", q, entries)
+                c_mask = visible_entries(positions, entries.shape[1], self.ratio)
+            scores.append(c_scores.float().mul(scale).masked_fill(~c_mask[:, None], NEG_INF))
+
+        sink = self.attn_sink.float().view(1, -1, 1, 1).expand(batch, -1, seq, 1)
+        probs = torch.cat((*scores, sink), -1).softmax(-1).to(x.dtype)
+        n_win = keys.shape[1]
+        out = torch.einsum("bhsk,bkd->bshd", probs[..., :n_win], keys)
+        if compressed is not None:
+            c_probs = probs[..., n_win:-1]
+            if self.indexer is not None:
+                out = out + torch.einsum("bhsk,bskd->bshd", c_probs, compressed)
+            else:
+                out = out + torch.einsum("bhsn,bnd->bshd", c_probs, compressed)
+        out = apply_rope(out, cos.unsqueeze(2), sin.unsqueeze(2), inverse=True)
+
+        # grouped low-rank output: group g (heads g*H/G ... ) goes through its own block of wo_a
+        out = out.reshape(batch, seq, self.groups, -1)
+        wo_a = self.wo_a.weight.view(self.groups, -1, out.shape[-1])
+        out = torch.einsum("bsgi,goi->bsgo", out, wo_a).flatten(2)
+        return self.wo_b(out)
+
+    def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
+        state = {prefix + "window": torch.zeros(batch, 0, self.head_dim, device=device)}
+        if self.compressor is not None:
+            state.update(self.compressor.empty_state(prefix, batch, device))
+            state[prefix + "entries"] = torch.zeros(batch, 0, self.head_dim, device=device)
+        if self.indexer is not None:
+            state.update(self.indexer.compressor.empty_state(prefix + "index_", batch, device))
+            state[prefix + "index_keys"] = torch.zeros(batch, 0, self.indexer.head_dim, device=device)
+        return state
+
+
+# ------------------------------------------------------------------------------------------------------
+# MoE
+# ------------------------------------------------------------------------------------------------------
+class Expert(nn.Module):
+    """SwiGLU expert with V4's clamp: gate clamped from above, up from both sides, at `swiglu_limit`."""
+
+    def __init__(self, hidden: int, inter: int, limit: float) -> None:
+        super().__init__()
+        self.w1, self.w2, self.w3 = linear(hidden, inter), linear(inter, hidden), linear(hidden, inter)
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        gate, up = self.w1(x), self.w3(x)
+        if self.limit > 0:
+            gate, up = gate.clamp(max=self.limit), up.clamp(-self.limit, self.limit)
+        hidden = F.silu(gate) * up
+        if weight is not None:  # routing weight applied before w2, as the official code does
+            hidden = hidden * weight.to(hidden.dtype)
+        return self.w2(hidden)
+
+
+class Gate(nn.Module):
+    """Router. Learned layers pick top-k of score + bias (bias used for selection only); hash layers
+    take the experts from the fixed `tid2eid[token_id]` table. Weights are the picked scores, renormalised
+    (sigmoid and sqrtsoftplus; softmax is not, as in the official code), times `routed_scaling_factor`."""
+
+    def __init__(self, config: DeepseekV4Config, hashed: bool) -> None:
+        super().__init__()
+        self.topk, self.scoring = config.num_experts_per_tok, config.scoring_func
+        self.scale = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.zeros(config.n_routed_experts, config.hidden_size))
+        self.hashed = hashed
+        if hashed:
+            self.register_buffer("tid2eid", torch.zeros(config.vocab_size, self.topk, dtype=torch.long))
+        else:
+            self.bias = nn.Parameter(torch.zeros(config.n_routed_experts))
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x `[N, hidden]`, input_ids `[N]` -> expert indices `[N, k]`, weights `[N, k]` (FP32)."""
+        logits = F.linear(x.float(), self.weight.float())
+        if self.scoring == "softmax":
+            scores = logits.softmax(-1)
+        elif self.scoring == "sigmoid":
+            scores = logits.sigmoid()
+        else:
+            scores = F.softplus(logits).sqrt()
+        if self.hashed:
+            picks = self.tid2eid[input_ids]
+        else:
+            picks = (scores + self.bias.float()).topk(self.topk, dim=-1).indices
+        weights = scores.gather(-1, picks)
+        if self.scoring != "softmax":
+            weights = weights / weights.sum(-1, keepdim=True)
+        return picks, weights * self.scale
+
+
+class MoE(nn.Module):
+    """Routed experts plus one shared expert. Each token runs only its k picked experts: tokens are
+    gathered per expert, so an expert nobody picked does no work and reads no weights."""
+
+    def __init__(self, config: DeepseekV4Config, hashed: bool) -> None:
+        super().__init__()
+        hd, inter, limit = config.hidden_size, config.moe_intermediate_size, config.swiglu_limit
+        self.gate = Gate(config, hashed)
+        self.experts = nn.ModuleList(Expert(hd, inter, limit) for _ in range(config.n_routed_experts))
+        self.shared_experts = Expert(hd, inter, limit)
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        picks, weights = self.gate(x, input_ids.reshape(-1))
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(picks == e)
+            out = out.index_add(0, token, expert(x[token], weights[token, slot].unsqueeze(-1)).float())
+        out = out + self.shared_experts(x).float()
+        return out.to(x.dtype).view(shape)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Hyper-connections and blocks
+# ------------------------------------------------------------------------------------------------------
+def sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """Softmax over the last axis, then alternate column/row normalisation (`iters` column passes,
+    `iters-1` row passes, column first), each with `eps` in the denominator."""
+    comb = logits.softmax(-1) + eps
+    comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(-1, keepdim=True) + eps)
+        comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    return comb
+
+
+def hc_mix(streams: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    """Mixing logits of the flattened streams `[B, S, n*hidden]` (unweighted RMS, FP32) against `fn`."""
+    flat = streams.flatten(2).float()
+    rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + norm_eps)
+    return F.linear(flat, fn) * rsqrt
+
+
+def hc_collapse(streams: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of the n streams `[B, S, n, hidden]` with weights `[B, S, n]`, in FP32."""
+    return (pre.unsqueeze(-1) * streams.float()).sum(2).to(streams.dtype)
+
+
+class Block(nn.Module):
+    """One decoder layer: mHC-wrapped attention, then mHC-wrapped MoE."""
+
+    def __init__(self, config: DeepseekV4Config, ratio: int, hashed: bool) -> None:
+        super().__init__()
+        n, hd = config.hc_mult, config.hidden_size
+        self.n, self.ratio = n, ratio
+        self.eps, self.hc_eps, self.iters = config.rms_norm_eps, config.hc_eps, config.hc_sinkhorn_iters
+        self.attn = Attention(config, ratio)
+        self.ffn = MoE(config, hashed)
+        self.attn_norm = RMSNorm(hd, config.rms_norm_eps)
+        self.ffn_norm = RMSNorm(hd, config.rms_norm_eps)
+        mix = (2 + n) * n
+        for site in ("attn", "ffn"):
+            setattr(self, f"hc_{site}_fn", nn.Parameter(torch.zeros(mix, n * hd)))
+            setattr(self, f"hc_{site}_base", nn.Parameter(torch.zeros(mix)))
+            setattr(self, f"hc_{site}_scale", nn.Parameter(torch.ones(3)))
+
+    def hc_pre(self, streams: torch.Tensor, site: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Collapse the streams into the block input; return it with the post weights and the comb matrix."""
+        n = self.n
+        fn, base, scale = (getattr(self, f"hc_{site}_{k}").float() for k in ("fn", "base", "scale"))
+        mix = hc_mix(streams, fn, self.eps)
+        pre = torch.sigmoid(mix[..., :n] * scale[0] + base[:n]) + self.hc_eps
+        post = 2 * torch.sigmoid(mix[..., n : 2 * n] * scale[1] + base[n : 2 * n])
+        comb_logits = (mix[..., 2 * n :] * scale[2] + base[2 * n :]).unflatten(-1, (n, n))
+        comb = sinkhorn(comb_logits, self.iters, self.hc_eps)
+        return hc_collapse(streams, pre), post, comb
+
+    @staticmethod
+    def hc_post(out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+        """X'_k = post_k * out + sum_j comb[j, k] * X_j (comb applied transposed), in FP32."""
+        mixed = torch.einsum("bsjk,bsjd->bskd", comb, streams.float())
+        return (post.unsqueeze(-1) * out.float().unsqueeze(2) + mixed).to(streams.dtype)
+
+    def forward(
+        self,
+        streams: torch.Tensor,
+        positions: torch.Tensor,
+        input_ids: torch.Tensor,
+        rope: Rope,
+        state: dict[str, torch.Tensor],
+        prefix: str,
+    ) -> torch.Tensor:
+        x, post, comb = self.hc_pre(streams, "attn")
+        streams = self.hc_post(self.attn(self.attn_norm(x), positions, rope, state, prefix), streams, post, comb)
+        x, post, comb = self.hc_pre(streams, "ffn")
+        return self.hc_post(self.ffn(self.ffn_norm(x), input_ids), streams, post, comb)
+
+
+class HcHead(nn.Module):
+    """Final stream collapse: `pre`-weighted sum of the streams (no post/comb)."""
+
+    @staticmethod
+    def collapse(streams, fn, base, scale, norm_eps: float, hc_eps: float) -> torch.Tensor:
+        mix = hc_mix(streams, fn.float(), norm_eps)
+        pre = torch.sigmoid(mix * scale.float() + base.float()) + hc_eps
+        return hc_collapse(streams, pre)
+
+
+class MTPBlock(Block):
+    """Multi-token prediction block `mtp.J`: combines the main model's final streams at position t with
+    the embedding of token t+1, runs one sliding-window block, and predicts token t+2 through its own
+    hc_head and norm and the shared `head`."""
+
+    def __init__(self, config: DeepseekV4Config, ratio: int) -> None:
+        super().__init__(config, ratio, hashed=False)
+        hd, n = config.hidden_size, config.hc_mult
+        self.e_proj, self.h_proj = linear(hd, hd), linear(hd, hd)
+        self.enorm = RMSNorm(hd, config.rms_norm_eps)
+        self.hnorm = RMSNorm(hd, config.rms_norm_eps)
+        self.norm = RMSNorm(hd, config.rms_norm_eps)
+        self.hc_head_fn = nn.Parameter(torch.zeros(n, n * hd))
+        self.hc_head_base = nn.Parameter(torch.zeros(n))
+        self.hc_head_scale = nn.Parameter(torch.ones(1))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Cache
+# ------------------------------------------------------------------------------------------------------
+class DeepseekV4Cache:
+    """Every piece of decode state as a named tensor, batch first.
+
+    Names: `length` (tokens seen per row, int64 `[B]`), `mtp_length`, and per layer `layers.{i}.window`,
+    `...entries`, `...pending_kv`, `...pending_gate`, `...prev_kv`, `...prev_gate`, `...index_keys`,
+    `...index_pending_kv`, ... (and `mtp.{j}.*`). Growing axes (axis 1) start empty; the window stops
+    growing at W-1 rows, entries grow as L/4 and L/128, pending rows stay below the ratio.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.tensors["length"][0])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row i of the new state is row beam_idx[i] of the old one."""
+        self.tensors = {k: v.index_select(0, beam_idx.to(v.device)) for k, v in self.tensors.items()}
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.tensors = {k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()}
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.tensors = {k: v[indices] for k, v in self.tensors.items()}
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class DeepseekV4Output(ModelOutput):
+    """`logits` (CausalLM only), the final `hidden_states` (after hc_head and norm), the final mHC
+    `streams` `[B, S, hc_mult, hidden]` (input of the MTP block) and the updated cache."""
+
+    logits: torch.FloatTensor | None = None
+    past_key_values: DeepseekV4Cache | None = None
+    hidden_states: torch.FloatTensor | None = None
+    streams: torch.FloatTensor | None = None
+
+
+class DeepseekV4PreTrainedModel(PreTrainedModel):
+    config_class = DeepseekV4Config
+    config: DeepseekV4Config
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block", "MTPBlock"]
+    _supports_cache_class = False
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Random, non-degenerate initialisation of every parameter (fan-in scaled linears, norms near 1,
+        random sinks, position biases, gate biases, mHC parameters and hash tables).
+
+        Tensors that transformers marks as loaded (`_is_hf_initialized`) are left alone, so this only
+        fills what a checkpoint did not provide; RoPE tables (non-persistent) are always recomputed.
+        """
+
+        def fill(tensor: torch.Tensor, how) -> None:
+            if not getattr(tensor, "_is_hf_initialized", False):
+                how(tensor)
+
+        if isinstance(module, nn.Linear):
+            fill(module.weight, lambda w: w.normal_(0.0, module.in_features**-0.5))
+        elif isinstance(module, nn.Embedding):
+            fill(module.weight, lambda w: w.normal_(0.0, 1.0))
+        elif isinstance(module, RMSNorm):
+            fill(module.weight, lambda w: w.normal_(1.0, 0.1))
+        elif isinstance(module, Rope):
+            module.inv_freq.copy_(rope_inv_freq(*module.spec))
+        elif isinstance(module, Compressor):
+            fill(module.ape, lambda w: w.normal_(0.0, 0.5))
+        elif isinstance(module, Attention):
+            fill(module.attn_sink, lambda w: w.normal_(0.0, 1.0))
+        elif isinstance(module, Gate):
+            fill(module.weight, lambda w: w.normal_(0.0, w.shape[1] ** -0.5))
+            if module.hashed:
+                n_experts = module.weight.shape[0]
+                fill(module.tid2eid, lambda t: t.copy_(torch.rand(t.shape[0], n_experts).argsort(-1)[:, : t.shape[1]]))
+            else:
+                fill(module.bias, lambda w: w.normal_(0.0, 0.1))
+        if isinstance(module, (Block, DeepseekV4Model)):
+            for name, param in module.named_parameters(recurse=False):
+                if name.endswith("_fn"):
+                    fill(param, lambda w: w.normal_(0.0, w.shape[1] ** -0.5))
+                elif name.endswith("_base"):
+                    fill(param, lambda w: w.normal_(0.0, 0.5))
+                elif name.endswith("_scale"):
+                    fill(param, lambda w: w.uniform_(0.5, 1.5))
+
+
+class DeepseekV4Model(DeepseekV4PreTrainedModel):
+    """The V4 trunk with official parameter names at the top level (`embed`, `layers.N.*`, `norm`,
+    `hc_head_*`, `mtp.J.*`), returning the final hidden states and streams."""
+
+    def __init__(self, config: DeepseekV4Config) -> None:
+        super().__init__(config)
+        hd, n = config.hidden_size, config.hc_mult
+        self.embed = nn.Embedding(config.vocab_size, hd)
+        self.layers = nn.ModuleList(
+            Block(config, ratio, hashed=i < config.num_hash_layers) for i, ratio in enumerate(config.layer_ratios)
+        )
+        self.norm = RMSNorm(hd, config.rms_norm_eps)
+        self.hc_head_fn = nn.Parameter(torch.zeros(n, n * hd))
+        self.hc_head_base = nn.Parameter(torch.zeros(n))
+        self.hc_head_scale = nn.Parameter(torch.ones(1))
+        self.mtp = nn.ModuleList(MTPBlock(config, ratio) for ratio in config.mtp_ratios)
+        rope_dim = config.qk_rope_head_dim
+        self.rope_main = Rope(rope_dim, config.rope_theta, None)
+        self.rope_compress = Rope(rope_dim, config.compress_rope_theta, config.yarn_scaling)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed = value
+
+    def rope_for(self, ratio: int) -> Rope:
+        return self.rope_main if ratio == SLIDING else self.rope_compress
+
+    def empty_cache(self, batch_size: int, device: torch.device | None = None) -> DeepseekV4Cache:
+        """A fresh cache: every state at the start of a sequence."""
+        tensors = {
+            "length": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "mtp_length": torch.zeros(batch_size, dtype=torch.long, device=device),
+        }
+        for prefix, block in self.named_blocks():
+            tensors.update(block.attn.empty_state(prefix, batch_size, device))
+        return DeepseekV4Cache(tensors)
+
+    def named_blocks(self) -> list[tuple[str, Block]]:
+        return [(f"layers.{i}.", b) for i, b in enumerate(self.layers)] + [
+            (f"mtp.{j}.", b) for j, b in enumerate(self.mtp)
+        ]
+
+    def positions_for(
+        self,
+        input_ids: torch.Tensor,
+        cache: DeepseekV4Cache,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        length_key: str = "length",
+    ) -> torch.Tensor:
+        """Absolute positions of the new tokens `[B, S]`, from the cache's length.
+
+        Padding is refused rather than silently mishandled: the compressors would pool pad tokens into
+        entries, so a left-padded row cannot equal the same row alone. Explicit `position_ids` must agree
+        with the cache.
+        """
+        seq = input_ids.shape[1]
+        positions = cache.tensors[length_key].unsqueeze(1) + torch.arange(seq, device=input_ids.device)
+        if not torch.jit.is_tracing():
+            if attention_mask is not None and not bool(attention_mask.bool().all()):
+                raise ValueError(
+                    "DeepSeek-V4: padded batches are not supported (compressors would pool pad tokens into "
+                    "entries, so a padded row cannot match the same row alone); run rows of equal length "
+                    "without padding, or one row at a time."
+                )
+            if position_ids is not None and not torch.equal(position_ids.to(positions), positions):
+                raise ValueError(
+                    "DeepSeek-V4: `position_ids` disagree with the cache length "
+                    f"({cache.tensors[length_key][0].item()} tokens seen); positions are derived from the cache."
+                )
+        return positions
+
+    def trunk(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DeepseekV4Cache
+    ) -> torch.Tensor:
+        """Embedding and all decoder layers: return the final streams `[B, S, hc_mult, hidden]`."""
+        h = self.embed(input_ids)
+        streams = h.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
+        for i, block in enumerate(self.layers):
+            streams = block(streams, positions, input_ids, self.rope_for(block.ratio), cache.tensors, f"layers.{i}.")
+        return streams
+
+    def head_hidden(self, streams: torch.Tensor, owner: nn.Module, norm: RMSNorm) -> torch.Tensor:
+        """hc_head collapse with `owner`'s hc_head_* parameters, then `norm`."""
+        c = self.config
+        y = HcHead.collapse(streams, owner.hc_head_fn, owner.hc_head_base, owner.hc_head_scale,
+                            c.rms_norm_eps, c.hc_eps)
+        return norm(y)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DeepseekV4Cache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> DeepseekV4Output:
+        cache = past_key_values if past_key_values is not None else self.empty_cache(input_ids.shape[0], input_ids.device)
+        positions = self.positions_for(input_ids, cache, attention_mask, position_ids)
+        streams = self.trunk(input_ids, positions, cache)
+        cache.tensors["length"] = cache.tensors["length"] + input_ids.shape[1]
+        hidden = self.head_hidden(streams, self, self.norm)
+        return DeepseekV4Output(past_key_values=cache, hidden_states=hidden, streams=streams)
+
+
+class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
+    """DeepseekV4Model plus the output `head`; official names throughout (no `model.` prefix)."""
+
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: DeepseekV4Config) -> None:
+        super().__init__(config)
+        self.head = linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.head = value
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not create a DynamicCache: the model builds its own state
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DeepseekV4Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> DeepseekV4Output:
+        out = super().forward(input_ids, attention_mask, position_ids, past_key_values)
+        hidden = out.hidden_states[:, -logits_to_keep:] if logits_to_keep else out.hidden_states
+        out.logits = self.head(hidden).float()
+        if use_cache is False:
+            out.past_key_values = None
+        return out
+
+    def mtp_logits(
+        self, streams: torch.Tensor, next_input_ids: torch.LongTensor, cache: DeepseekV4Cache, depth: int = 0
+    ) -> torch.Tensor:
+        """Logits of the MTP block `mtp.{depth}`: for each position t, the main model's final streams at t
+        (`streams`, from `forward(...).streams`) with `next_input_ids[:, t]` = token t+1 predict token t+2.
+
+        `cache` carries the MTP block's own window state (`mtp.J.*`, position counter `mtp_length`); feed
+        consecutive chunks as for the main model. Returns FP32 logits `[B, S, vocab]`.
+        """
+        block = self.mtp[depth]
+        positions = self.positions_for(next_input_ids, cache, None, None, "mtp_length")
+        e = block.enorm(self.embed(next_input_ids))
+        x = block.e_proj(e).unsqueeze(2) + block.h_proj(block.hnorm(streams))
+        x = block(x, positions, next_input_ids, self.rope_for(block.ratio), cache.tensors, f"mtp.{depth}.")
+        cache.tensors["mtp_length"] = cache.tensors["mtp_length"] + next_input_ids.shape[1]
+        return self.head(self.head_hidden(x, block, block.norm)).float()
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: DeepseekV4Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """Feed only the tokens the cache has not seen."""
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.get_seq_length() :]
+        return {
+            "input_ids": input_ids,
+            "past_key_values": past_key_values,
+            "attention_mask": attention_mask,
+            "use_cache": kwargs.get("use_cache", True),
+        }
+
+
+__all__ = ["DeepseekV4PreTrainedModel", "DeepseekV4Model", "DeepseekV4ForCausalLM", "DeepseekV4Cache"]
