@@ -68,7 +68,7 @@ def load_model(model_dir: Path) -> DeepseekV4ForCausalLM:
         model, info = DeepseekV4ForCausalLM.from_pretrained(
             str(model_dir), dtype=torch.float32, local_files_only=True, output_loading_info=True
         )
-    except (RuntimeError, ValueError, KeyError, OSError) as err:
+    except (RuntimeError, ValueError, KeyError, OSError, ImportError) as err:
         raise LoadError(f"from_pretrained failed: {type(err).__name__}: {err}") from err
     problems = [
         f"{kind}: {sorted(info[kind])}"
