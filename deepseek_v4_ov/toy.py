@@ -1,0 +1,97 @@
+"""Random-weight toy checkpoints in the official release layout.
+
+A toy folder holds config.json (official keys plus `auto_map`), the two bundled .py files, sharded
+safetensors with `model.safetensors.index.json` and generation_config.json, so it goes through the same
+reader as the real release, loads with `trust_remote_code=True`, and loads natively in transformers 5.23.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CONFIG_NAME, atomic_output_dir, write_shards
+from .configuration_deepseek_v4 import DeepseekV4Config
+from .modeling_deepseek_v4 import DeepseekV4ForCausalLM
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_deepseek_v4.DeepseekV4Config",
+    "AutoModel": "modeling_deepseek_v4.DeepseekV4Model",
+    "AutoModelForCausalLM": "modeling_deepseek_v4.DeepseekV4ForCausalLM",
+}
+FORMATS = ("bf16", "fp32")
+
+# Official dtypes of the unquantised tensors (spec section 6): these stay F32 in a bf16 release.
+F32_SUFFIXES = ("attn_sink", ".ape", "gate.bias")
+
+
+def official_dtype(name: str, tensor: torch.Tensor, fmt: str) -> torch.dtype:
+    """Storage dtype of one tensor: integer tables keep theirs; with bf16 the mHC, sink, position-bias and
+    router-bias tensors stay F32 as in the release, everything else is BF16."""
+    if not tensor.is_floating_point():
+        return tensor.dtype
+    if fmt == "fp32":
+        return torch.float32
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf.startswith("hc_") or name.endswith(F32_SUFFIXES):
+        return torch.float32
+    return torch.bfloat16
+
+
+def build_toy_model(preset: dict[str, Any], seed: int, fmt: str = "bf16") -> DeepseekV4ForCausalLM:
+    """The toy model in FP32 with weights rounded to the storage format, deterministic for `seed`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
+    config = DeepseekV4Config(**preset)
+    torch.manual_seed(seed)
+    model = DeepseekV4ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(tensor.to(official_dtype(name, tensor, fmt)))
+    return model
+
+
+def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:
+    """config.json content: the official keys plus the `auto_map` for trust_remote_code."""
+    fields = inspect.signature(DeepseekV4Config.__init__).parameters
+    data = {k: v for k, v in config.to_dict().items() if k in fields}
+    return {
+        "architectures": ["DeepseekV4ForCausalLM"],
+        "model_type": "deepseek_v4",
+        "auto_map": AUTO_MAP,
+        "torch_dtype": "bfloat16" if fmt == "bf16" else "float32",
+        **dict(sorted(data.items())),
+    }
+
+
+def copy_bundled_code(folder: Path) -> None:
+    for name in BUNDLED_FILES:
+        shutil.copyfile(PACKAGE_DIR / name, folder / name)
+
+
+def write_toy(
+    output: Path,
+    preset: dict[str, Any],
+    seed: int,
+    fmt: str = "bf16",
+    max_shard_bytes: int = 2 << 20,
+    overwrite: bool = False,
+) -> DeepseekV4ForCausalLM:
+    """Generate a toy and write it to `output` atomically; return the in-memory model (FP32)."""
+    model = build_toy_model(preset, seed, fmt)
+    tensors = {name: t.to(official_dtype(name, t, fmt)) for name, t in model.state_dict().items()}
+    with atomic_output_dir(Path(output), overwrite) as folder:
+        write_shards(folder, tensors, max_shard_bytes)
+        config = official_config_dict(model.config, fmt)
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False}
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        copy_bundled_code(folder)
+    return model
