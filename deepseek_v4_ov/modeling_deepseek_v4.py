@@ -579,6 +579,24 @@ class DeepseekV4PreTrainedModel(PreTrainedModel):
     _supports_cache_class = False
     _is_stateful = True
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loader, made strict: a checkpoint tensor that is missing or has the wrong shape is
+        an error naming it (transformers would only warn and leave a random tensor in its place)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # so that the report reaches us, to raise with the names
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = [k for k in info.get("missing_keys", ()) if not k.startswith("head.") or cls is not DeepseekV4Model]
+        mismatched = [k if isinstance(k, str) else " ".join(map(str, k)) for k in info.get("mismatched_keys", ())]
+        if missing or mismatched:
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained({args[0] if args else ''}): checkpoint does not fit the config: "
+                + "; ".join(f"missing tensor {k}" for k in missing)
+                + ("; " if missing and mismatched else "")
+                + "; ".join(f"wrong shape: {k}" for k in mismatched)
+            )
+        return (model, info) if want_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Random, non-degenerate initialisation of every parameter (fan-in scaled linears, norms near 1,
