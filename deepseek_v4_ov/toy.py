@@ -18,6 +18,7 @@ import torch
 from .checkpoint import CONFIG_NAME, atomic_output_dir, write_shards
 from .configuration_deepseek_v4 import DeepseekV4Config
 from .modeling_deepseek_v4 import DeepseekV4ForCausalLM
+from .official import EXPERT_DTYPE, QUANTIZATION_CONFIG, decode_release, encode_release
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
@@ -26,7 +27,8 @@ AUTO_MAP = {
     "AutoModel": "modeling_deepseek_v4.DeepseekV4Model",
     "AutoModelForCausalLM": "modeling_deepseek_v4.DeepseekV4ForCausalLM",
 }
-FORMATS = ("bf16", "fp32")
+FORMATS = ("bf16", "fp32", "fp8")
+"""fp8 is the release layout: FP4 routed experts and FP8 linears with E8M0 scales, the rest BF16/F32/I64."""
 
 # Official dtypes of the unquantised tensors (spec section 6): these stay F32 in a bf16 release.
 F32_SUFFIXES = ("attn_sink", ".ape", "gate.bias")
@@ -47,6 +49,14 @@ def official_dtype(name: str, tensor: torch.Tensor, fmt: str) -> torch.dtype:
 
 def build_toy_model(preset: dict[str, Any], seed: int, fmt: str = "bf16") -> DeepseekV4ForCausalLM:
     """The toy model in FP32 with weights rounded to the storage format, deterministic for `seed`."""
+    return _toy_and_tensors(preset, seed, fmt)[0]
+
+
+def _toy_and_tensors(
+    preset: dict[str, Any], seed: int, fmt: str
+) -> tuple[DeepseekV4ForCausalLM, dict[str, torch.Tensor]]:
+    """The toy model and the tensors its checkpoint stores; with fp8 the model holds exactly the
+    dequantised values of the stored FP8/FP4 weights."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
     config = DeepseekV4Config(**preset)
@@ -55,7 +65,15 @@ def build_toy_model(preset: dict[str, Any], seed: int, fmt: str = "bf16") -> Dee
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_(tensor.to(official_dtype(name, tensor, fmt)))
-    return model
+        if fmt != "fp8":
+            stored = {name: t.to(official_dtype(name, t, fmt)) for name, t in model.state_dict().items()}
+            return model, stored
+        stored = {}
+        for name, tensor in model.state_dict().items():
+            encoded = encode_release(name, tensor)
+            tensor.copy_(decode_release(name, encoded))
+            stored.update(encoded)
+    return model, stored
 
 
 def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:
@@ -66,8 +84,9 @@ def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:
         "architectures": ["DeepseekV4ForCausalLM"],
         "model_type": "deepseek_v4",
         "auto_map": AUTO_MAP,
-        "torch_dtype": "bfloat16" if fmt == "bf16" else "float32",
+        "torch_dtype": "float32" if fmt == "fp32" else "bfloat16",
         **dict(sorted(data.items())),
+        **({"quantization_config": QUANTIZATION_CONFIG, "expert_dtype": EXPERT_DTYPE} if fmt == "fp8" else {}),
     }
 
 
@@ -85,8 +104,7 @@ def write_toy(
     overwrite: bool = False,
 ) -> DeepseekV4ForCausalLM:
     """Generate a toy and write it to `output` atomically; return the in-memory model (FP32)."""
-    model = build_toy_model(preset, seed, fmt)
-    tensors = {name: t.to(official_dtype(name, t, fmt)) for name, t in model.state_dict().items()}
+    model, tensors = _toy_and_tensors(preset, seed, fmt)
     with atomic_output_dir(Path(output), overwrite) as folder:
         write_shards(folder, tensors, max_shard_bytes)
         config = official_config_dict(model.config, fmt)
