@@ -67,7 +67,9 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     rows, cols = weight.shape
     expected = (-(-rows // FP8_BLOCK), -(-cols // FP8_BLOCK))
     if tuple(scale.shape) != expected:
-        raise ValueError(f"FP8 weight {list(weight.shape)} needs a scale of shape {list(expected)}, got {list(scale.shape)}")
+        raise ValueError(
+            f"FP8 weight {list(weight.shape)} needs a scale of shape {list(expected)}, got {list(scale.shape)}"
+        )
     values = FP8_VALUES[_bytes(weight)]
     return values * _expand_blocks(e8m0_to_float(scale), (rows, cols), (FP8_BLOCK, FP8_BLOCK))
 
