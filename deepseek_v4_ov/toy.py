@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CONFIG_NAME, atomic_output_dir, write_shards
 from .configuration_deepseek_v4 import DeepseekV4Config
 from .modeling_deepseek_v4 import DeepseekV4ForCausalLM
-from .official import EXPERT_DTYPE, QUANTIZATION_CONFIG, decode_release, encode_release
+from .official import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, decode_release, encode_release, storage_class
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
@@ -30,19 +30,12 @@ AUTO_MAP = {
 FORMATS = ("bf16", "fp32", "fp8")
 """fp8 is the release layout: FP4 routed experts and FP8 linears with E8M0 scales, the rest BF16/F32/I64."""
 
-# Official dtypes of the unquantised tensors (spec section 6): these stay F32 in a bf16 release.
-F32_SUFFIXES = ("attn_sink", ".ape", "gate.bias")
-
-
 def official_dtype(name: str, tensor: torch.Tensor, fmt: str) -> torch.dtype:
-    """Storage dtype of one tensor: integer tables keep theirs; with bf16 the mHC, sink, position-bias and
-    router-bias tensors stay F32 as in the release, everything else is BF16."""
+    """Storage dtype of one tensor in a bf16 or fp32 toy: integer tables keep theirs; with bf16 the tensors
+    the release keeps in F32 (`official.storage_class`) stay F32, everything else is BF16."""
     if not tensor.is_floating_point():
         return tensor.dtype
-    if fmt == "fp32":
-        return torch.float32
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf.startswith("hc_") or name.endswith(F32_SUFFIXES):
+    if fmt == "fp32" or storage_class(name) == F32:
         return torch.float32
     return torch.bfloat16
 
