@@ -1,8 +1,9 @@
 """Random-weight toy checkpoints in the official release layout.
 
 A toy folder holds config.json (official keys plus `auto_map`), the two bundled .py files, sharded
-safetensors with `model.safetensors.index.json` and generation_config.json, so it goes through the same
-reader as the real release, loads with `trust_remote_code=True`, and loads natively in transformers 5.23.
+safetensors with `model.safetensors.index.json`, generation_config.json and a small byte-level BPE
+tokenizer of its own (`tokenizer.py`), so it goes through the same reader as the real release, loads with
+`trust_remote_code=True`, and loads natively in transformers 5.23.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .checkpoint import CONFIG_NAME, atomic_output_dir, write_shards
 from .configuration_deepseek_v4 import DeepseekV4Config
 from .modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from .official import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, decode_release, encode_release, storage_class
+from .tokenizer import write_toy_tokenizer
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
@@ -105,4 +107,5 @@ def write_toy(
         generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "do_sample": False}
         (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         copy_bundled_code(folder)
+        write_toy_tokenizer(folder, config["vocab_size"], config.get("max_position_embeddings"))
     return model
