@@ -19,6 +19,11 @@ Layout of the vocabulary (exactly `vocab_size` entries, ids 0..vocab_size-1):
 
 Encoding adds `<｜begin▁of▁sentence｜>` in front (a TemplateProcessing post-processor, as DeepSeek's
 tokenizer_config `add_bos_token: true`), never the end token; `add_special_tokens=False` turns it off.
+
+Loading from a toy folder: transformers 5.5's `AutoTokenizer` always reads config.json first; model_type
+`deepseek_v4` is not native there, so it needs `trust_remote_code=True` (as the real release would), else
+its generic-config fallback fails on `rope_scaling`. `load_hf_tokenizer` does that; a folder holding only
+the tokenizer, or `PreTrainedTokenizerFast.from_pretrained(folder)`, needs nothing.
 """
 
 from __future__ import annotations
@@ -214,6 +219,13 @@ def write_toy_tokenizer(folder: Path, vocab_size: int, model_max_length: int | N
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def load_hf_tokenizer(folder: Path):
+    """The transformers tokenizer of `folder` (a toy folder's config.json needs the bundled code)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
+
+
 def convert_tokenizer(folder_src: Path, folder_dst: Path | None = None, check: bool = True) -> tuple[Path, Path]:
     """OpenVINO tokenizer and detokenizer for the HF tokenizer in `folder_src`, saved to `folder_dst`
     (default: the same folder) as openvino_tokenizer.xml/.bin and openvino_detokenizer.xml/.bin.
@@ -227,12 +239,11 @@ def convert_tokenizer(folder_src: Path, folder_dst: Path | None = None, check: b
     """
     import openvino as ov
     from openvino_tokenizers import convert_tokenizer as ov_convert
-    from transformers import AutoTokenizer
 
     folder_src = Path(folder_src)
     folder_dst = Path(folder_dst) if folder_dst is not None else folder_src
     folder_dst.mkdir(parents=True, exist_ok=True)
-    hf_tok = AutoTokenizer.from_pretrained(str(folder_src))
+    hf_tok = load_hf_tokenizer(folder_src)
     ov_tok, ov_detok = ov_convert(hf_tok, with_detokenizer=True, skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)
     tok_xml, detok_xml = folder_dst / OV_TOKENIZER_XML, folder_dst / OV_DETOKENIZER_XML
@@ -262,9 +273,8 @@ def check_ov_parity(folder_src: Path, folder_ov: Path, texts: tuple[str, ...] = 
     must also equal the input. An empty list means they agree."""
     import numpy as np
     import openvino as ov
-    from transformers import AutoTokenizer
 
-    hf_tok = AutoTokenizer.from_pretrained(str(folder_src))
+    hf_tok = load_hf_tokenizer(folder_src)
     core = ov.Core()
     ov_tok = core.compile_model(str(Path(folder_ov) / OV_TOKENIZER_XML), "CPU")
     ov_detok = core.compile_model(str(Path(folder_ov) / OV_DETOKENIZER_XML), "CPU")
