@@ -715,13 +715,21 @@ class DeepseekV4Model(DeepseekV4PreTrainedModel):
         return positions
 
     def trunk(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DeepseekV4Cache
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DeepseekV4Cache,
+        layer_streams: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Embedding and all decoder layers: return the final streams `[B, S, hc_mult, hidden]`."""
+        """Embedding and all decoder layers: return the final streams `[B, S, hc_mult, hidden]`.
+
+        `layer_streams`, if given, receives the streams after every layer (for drift diagnostics)."""
         h = self.embed(input_ids)
         streams = h.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
         for i, block in enumerate(self.layers):
             streams = block(streams, positions, input_ids, self.rope_for(block.ratio), cache.tensors, f"layers.{i}.")
+            if layer_streams is not None:
+                layer_streams.append(streams)
         return streams
 
     def head_hidden(self, streams: torch.Tensor, owner: nn.Module, norm: RMSNorm) -> torch.Tensor:

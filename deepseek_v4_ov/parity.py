@@ -1,0 +1,327 @@
+"""The parity suite: exported IRs (per weight format, per device) against the PyTorch port.
+
+For each format the model is exported once (stateful IR, plus a static-shape prefill IR for NPU), and for
+each device present it is compiled and run on a fixed, seeded prompt set whose lengths cross the sliding
+window and ratio-128 boundaries. Per cell: logit distances, top-1 agreement, top-5 overlap, KL, greedy
+agreement (first token and agreeing prefix), batch-2 vs batch-1, compile/prefill/decode times. A device
+that fails to compile or run is a reported failure, not a crash.
+
+Static shapes (NPU): the NPU plugin wants fixed shapes. The static model here is the prefill-only IR
+reshaped to `[1, static_len]`; prompts are right-padded, which is exact because every path in V4 is causal
+(a later token never changes an earlier logit; tested), and each new token re-runs the fixed-size prompt.
+It is checked on CPU as well, so the NPU path runs on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import torch
+
+from .metrics import agreeing_prefix, compare_logits, prompt_set
+from .ov_runtime import F32_CONFIG, OVCausalLM
+
+STATIC = "STATIC-CPU"
+"""Pseudo-device: the static-shape (NPU-style) model compiled on CPU."""
+
+
+@dataclass
+class Cell:
+    device: str
+    weight_format: str
+    status: str = "ok"  # ok | failed | absent
+    error: str = ""
+    precision: str = ""
+    max_abs: float = float("nan")
+    mean_abs: float = float("nan")
+    top1_agreement: float = float("nan")
+    top5_overlap: float = float("nan")
+    kl_mean: float = float("nan")
+    first_token_agree: float = float("nan")  # fraction of prompts whose first new token matches
+    agreeing_prefix: list[int] = field(default_factory=list)  # per prompt, out of new_tokens
+    batch2_max_abs: float = float("nan")  # batch of 2 vs each row alone, same IR
+    compile_s: float = float("nan")
+    prefill_ms: float = float("nan")
+    decode_ms: float = float("nan")
+
+
+@dataclass
+class Reference:
+    """PyTorch port outputs on the prompt set: prompt logits and greedy tokens per prompt."""
+
+    prompts: list[torch.Tensor]
+    logits: list[np.ndarray]
+    tokens: list[list[int]]
+
+
+def default_lengths(config, count: int) -> tuple[int, ...]:
+    """`count` prompt lengths from just past the window to past two ratio-128 boundaries (>= 300)."""
+    low, high = config.sliding_window + 1, max(300, 2 * 128 + config.sliding_window)
+    return tuple(int(x) for x in np.linspace(low, high, count).round())
+
+
+@torch.no_grad()
+def reference_outputs(model, prompts: list[torch.Tensor], new_tokens: int) -> Reference:
+    logits, tokens = [], []
+    for ids in prompts:
+        out = model(ids)
+        logits.append(out.logits.numpy())
+        cache, last, new = out.past_key_values, out.logits[:, -1], []
+        for _ in range(new_tokens):
+            new.append(int(last.argmax(-1)))
+            last = model(torch.tensor([[new[-1]]]), past_key_values=cache).logits[:, -1]
+        tokens.append(new)
+    return Reference(prompts, logits, tokens)
+
+
+class StaticCausalLM(OVCausalLM):
+    """The prefill-only IR at a fixed `[1, length]` shape; prompts are right-padded (exact: causal)."""
+
+    def __init__(self, model_dir: Path, length: int, device: str, config: dict | None = None) -> None:
+        core = ov.Core()
+        model = core.read_model(Path(model_dir) / "openvino_model.xml")
+        model.reshape({port.get_any_name(): ov.PartialShape([1, length]) for port in model.inputs})
+        self.length = length
+        super().__init__(model, device, config, core)
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        seq = input_ids.shape[1]
+        if seq > self.length:
+            raise ValueError(f"prompt of {seq} tokens exceeds the static length {self.length}")
+        padded = np.zeros((1, self.length), dtype=np.int64)
+        padded[:, :seq] = input_ids
+        return super().__call__(padded)[:, :seq]
+
+
+def run_cell(runner: OVCausalLM, ref: Reference, new_tokens: int, cell: Cell) -> None:
+    """Fill `cell` from one compiled model."""
+    stats, firsts, prefixes = [], [], []
+    for ids, logits, tokens in zip(ref.prompts, ref.logits, ref.tokens):
+        ov_logits, ov_tokens = runner.greedy(ids.numpy(), new_tokens)
+        stats.append(compare_logits(torch.from_numpy(logits), torch.from_numpy(ov_logits)))
+        ov_tokens = ov_tokens[0].tolist()
+        firsts.append(float(ov_tokens[:1] == tokens[:1]))
+        prefixes.append(agreeing_prefix(tokens, ov_tokens))
+    cell.max_abs = max(s.max_abs for s in stats)
+    cell.mean_abs = float(np.mean([s.mean_abs for s in stats]))
+    cell.top1_agreement = float(np.mean([s.top1_agreement for s in stats]))
+    cell.top5_overlap = float(np.mean([s.top5_overlap for s in stats]))
+    cell.kl_mean = float(np.mean([s.kl_mean for s in stats]))
+    cell.first_token_agree = float(np.mean(firsts))
+    cell.agreeing_prefix = prefixes
+    cell.compile_s = runner.timings.compile_s
+    cell.prefill_ms = 1e3 * float(np.mean(runner.timings.prefill_s))
+    cell.decode_ms = runner.timings.decode_ms_per_token()
+    cell.precision = runner.precision
+
+
+def batch2_gap(runner: OVCausalLM, prompts: list[torch.Tensor]) -> float:
+    """Max |logit diff| between a batch of two equal-length prompts and each prompt alone."""
+    n = min(p.shape[1] for p in prompts[:2])
+    rows = np.concatenate([p[:, :n].numpy() for p in prompts[:2]], 0)
+    runner.reset()
+    both = runner(rows)
+    gaps = []
+    for i in range(2):
+        runner.reset()
+        gaps.append(np.abs(both[i] - runner(rows[i : i + 1])[0]).max())
+    return float(max(gaps))
+
+
+def device_config(device: str, weight_format: str, cpu_precision: str) -> dict:
+    """CPU runs FP32 exactly by default (`cpu_precision="f32"`); GPU/NPU keep their default precision."""
+    if device in ("CPU", STATIC) and cpu_precision == "f32":
+        return dict(F32_CONFIG)
+    return {}
+
+
+def run(
+    model_dir: Path,
+    workdir: Path,
+    devices: list[str] | None = None,
+    weight_formats: tuple[str, ...] = ("fp32", "int8", "int4"),
+    prompts: int = 3,
+    new_tokens: int = 32,
+    cpu_precision: str = "f32",
+    log=print,
+) -> tuple[list[Cell], dict]:
+    """Export, run and compare; return the cells and run metadata."""
+    from .exporter import export, load_model
+    from .checkpoint import read_config
+
+    model_dir, workdir = Path(model_dir), Path(workdir)
+    config = read_config(model_dir)
+    available = ov.Core().available_devices
+    devices = devices or sorted({d.split(".")[0] for d in available} | {STATIC})
+    lengths = default_lengths(config, prompts)
+    prompt_ids = prompt_set(config.vocab_size, lengths, seed=0)
+    log(f"[parity] reference: PyTorch port (FP32) on prompts of {list(lengths)} tokens, {new_tokens} new tokens")
+    model = load_model(model_dir, config).float().eval()
+    ref = reference_outputs(model, prompt_ids, new_tokens)
+    static_len = max(lengths) + new_tokens
+
+    cells: list[Cell] = []
+    for fmt in weight_formats:
+        irs = {}
+        for kind, prefill_only in (("stateful", False), ("prefill", True)):
+            out = workdir / f"{fmt}-{kind}"
+            if not (out / "openvino_model.xml").is_file():
+                log(f"[parity] exporting {fmt} ({kind})")
+                export(model_dir, out, weight_format=fmt, prefill_only=prefill_only, overwrite=True,
+                       convert_tokenizer=False, log=lambda line: None)
+            irs[kind] = out
+        for device in devices:
+            cell = Cell(device, fmt)
+            cells.append(cell)
+            base = device if device != STATIC else "CPU"
+            if not any(d.split(".")[0] == base for d in available):
+                cell.status, cell.error = "absent", f"{device} not in ov.Core().available_devices {available}"
+                continue
+            try:
+                cfg = device_config(device, fmt, cpu_precision)
+                if device in ("NPU", STATIC):
+                    runner = StaticCausalLM(irs["prefill"], static_len, base, cfg)
+                else:
+                    runner = OVCausalLM(irs["stateful"], base, cfg)
+                run_cell(runner, ref, new_tokens, cell)
+                if device not in ("NPU", STATIC):
+                    cell.batch2_max_abs = batch2_gap(runner, prompt_ids)
+                log(f"[parity] {fmt:6s} {device:10s} max|d| {cell.max_abs:.2e}  top1 {cell.top1_agreement:.3f}  "
+                    f"first {cell.first_token_agree:.2f}  prefix {cell.agreeing_prefix}")
+            except Exception as err:  # a device that cannot compile or run is a result, not a crash
+                cell.status, cell.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                log(f"[parity] {fmt:6s} {device:10s} FAILED: {cell.error}")
+    meta = {
+        "model": str(model_dir),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "openvino": ov.get_version(),
+        "available_devices": available,
+        "prompt_lengths": list(lengths),
+        "new_tokens": new_tokens,
+        "cpu_precision": cpu_precision,
+        "static_length": static_len,
+    }
+    return cells, meta
+
+
+# ------------------------------------------------------------------------------------------------------
+# Reports
+# ------------------------------------------------------------------------------------------------------
+COLUMNS = (
+    ("format", lambda c: c.weight_format),
+    ("device", lambda c: c.device),
+    ("status", lambda c: c.status),
+    ("precision", lambda c: c.precision),
+    ("max|dlogit|", lambda c: f"{c.max_abs:.2e}"),
+    ("mean|dlogit|", lambda c: f"{c.mean_abs:.2e}"),
+    ("top1", lambda c: f"{c.top1_agreement:.3f}"),
+    ("top5", lambda c: f"{c.top5_overlap:.3f}"),
+    ("KL", lambda c: f"{c.kl_mean:.2e}"),
+    ("1st tok", lambda c: f"{c.first_token_agree:.2f}"),
+    ("greedy prefix", lambda c: "/".join(map(str, c.agreeing_prefix))),
+    ("batch2", lambda c: f"{c.batch2_max_abs:.1e}"),
+    ("compile s", lambda c: f"{c.compile_s:.1f}"),
+    ("prefill ms", lambda c: f"{c.prefill_ms:.1f}"),
+    ("decode ms/tok", lambda c: f"{c.decode_ms:.2f}"),
+)
+
+
+def table_rows(cells: list[Cell]) -> list[list[str]]:
+    rows = []
+    for c in cells:
+        if c.status == "ok":
+            rows.append([fn(c) for _, fn in COLUMNS])
+        else:
+            rows.append([c.weight_format, c.device, c.status, c.error] + [""] * (len(COLUMNS) - 4))
+    return rows
+
+
+def format_table(cells: list[Cell]) -> str:
+    header = [name for name, _ in COLUMNS]
+    rows = table_rows(cells)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths[3] = min(widths[3], 60)
+    line = lambda r: "  ".join(str(v)[: widths[i]].ljust(widths[i]) for i, v in enumerate(r))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def markdown(cells: list[Cell], meta: dict) -> str:
+    header = [name for name, _ in COLUMNS]
+    out = [f"# Parity report: {meta['model']}", "",
+           f"{meta['date']}, OpenVINO {meta['openvino']}, devices {meta['available_devices']}; prompts of "
+           f"{meta['prompt_lengths']} tokens, {meta['new_tokens']} new tokens; CPU precision {meta['cpu_precision']}.",
+           "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in table_rows(cells)]
+    return "\n".join(out) + "\n"
+
+
+def write_reports(cells: list[Cell], meta: dict, report: Path) -> tuple[Path, Path]:
+    """JSON at `report` and Markdown beside it (same name, .md)."""
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2) + "\n")
+    md = report.with_suffix(".md")
+    md.write_text(markdown(cells, meta))
+    return report, md
+
+
+# ------------------------------------------------------------------------------------------------------
+# Per-layer drift
+# ------------------------------------------------------------------------------------------------------
+class _LayerStreams(torch.nn.Module):
+    """Prefill from empty state returning the logits and the mHC streams after every layer."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor):
+        m = self.model
+        cache = m.empty_cache(input_ids.shape[0], input_ids.device)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+        streams: list[torch.Tensor] = []
+        final = m.trunk(input_ids, positions, cache, streams)
+        return (m.head(m.head_hidden(final, m, m.norm)).float(), *streams)
+
+
+def layer_drift(model, weight_format: str, prompts: list[torch.Tensor]) -> list[dict]:
+    """Where a difference starts: per layer, max |streams IR - streams PyTorch| for each prompt alone
+    (`vs_pytorch`), and max |IR batch of 2 - IR row alone| (`batch2_vs_batch1`), on CPU in FP32.
+
+    The IR is a debug export (prefill-only, every layer's streams as outputs) compressed like the real one.
+    """
+    from .compression import compress
+
+    n = min(p.shape[1] for p in prompts[:2])
+    rows = torch.cat([p[:, :n] for p in prompts[:2]], 0)
+    wrapper = _LayerStreams(model).eval()
+    with torch.no_grad():
+        ov_model = ov.convert_model(wrapper, example_input=(rows,), input=[ov.PartialShape([-1, -1])])
+        expected = [[t.float().numpy() for t in wrapper(rows[i : i + 1])] for i in range(2)]
+    ov_model = compress(ov_model, weight_format)
+    request = ov.Core().compile_model(ov_model, "CPU", dict(F32_CONFIG)).create_infer_request()
+    alone = [[np.array(t.data) for t in request.infer({0: rows[i : i + 1].numpy()}).values()] for i in range(2)]
+    both = [np.array(t.data) for t in request.infer({0: rows.numpy()}).values()]
+    names = ["logits"] + [f"layer {i}" for i in range(len(model.layers))]
+    # outputs come back in port order: logits first, then layer 0.. L-1; report layers first, logits last
+    order = list(range(1, len(names))) + [0]
+    return [
+        {
+            "output": names[k],
+            "vs_pytorch": float(max(np.abs(alone[i][k] - expected[i][k]).max() for i in range(2))),
+            "batch2_vs_batch1": float(max(np.abs(both[k][i] - alone[i][k][0]).max() for i in range(2))),
+        }
+        for k in order
+    ]
+
+
+def format_drift(rows: list[dict]) -> str:
+    lines = [f"{'output':10s}  {'|IR - PyTorch|':>15s}  {'|batch2 - batch1|':>18s}"]
+    lines += [f"{r['output']:10s}  {r['vs_pytorch']:15.2e}  {r['batch2_vs_batch1']:18.2e}" for r in rows]
+    return "\n".join(lines)
