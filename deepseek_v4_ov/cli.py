@@ -37,6 +37,68 @@ def run_toy(args: argparse.Namespace) -> None:
           f"{size / 1e6:.2f} MB of weights")
 
 
+def add_export(sub: argparse._SubParsersAction) -> None:
+    from .compression import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
+
+    p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as optimum-cli export openvino)")
+    p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
+    p.add_argument("output", type=Path, help="OUTPUT folder for the OpenVINO model")
+    p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)} (default fp32)")
+    p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 32; -1 per channel)")
+    p.add_argument("--sym", action="store_true", help="symmetric int8/int4 (no zero point)")
+    p.add_argument("--ratio", type=float, help="4-bit share of the routed-expert weights, the rest in the backup "
+                                               "precision (default 1.0)")
+    p.add_argument("--backup-precision", help=f"one of {', '.join(BACKUP_PRECISIONS)}: 8-bit tensors of 4-bit "
+                                              "exports and the --ratio remainder (default int8_asym)")
+    p.add_argument("--all-layers", action="store_true", help="4-bit also for attention/shared-expert linears "
+                                                             "and embed/head")
+    p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
+    p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
+    p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
+    p.add_argument("--disable-convert-tokenizer", action="store_true", help="do not write the OpenVINO tokenizer")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .exporter import export
+
+    export(args.model, args.output, weight_format=args.weight_format, group_size=args.group_size, sym=args.sym,
+           ratio=args.ratio, backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
+           group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
+           overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer)
+
+
+def add_parity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("parity", help="compare exported IRs (formats x devices) against the PyTorch port")
+    p.add_argument("--model", type=Path, required=True, help="V4 folder in the official layout (e.g. a toy)")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated, e.g. CPU,GPU,NPU,STATIC-CPU (default: every device present + STATIC-CPU)")
+    p.add_argument("--weight-formats", default="fp32,int8,int4")
+    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--cpu-precision", choices=("f32", "default"), default="f32",
+                   help="f32: exact FP32 on CPU (default); default: the plugin's choice (bf16 where supported)")
+    p.add_argument("--workdir", type=Path, default=Path("out/parity"), help="where exported IRs are kept and reused")
+    p.add_argument("--report", type=Path, default=None, help="JSON report path (a .md is written beside it)")
+    p.set_defaults(run=run_parity)
+
+
+def run_parity(args: argparse.Namespace) -> None:
+    from . import parity
+
+    start = time.perf_counter()
+    devices = args.devices.split(",") if args.devices else None
+    cells, meta = parity.run(args.model, args.workdir, devices, tuple(args.weight_formats.split(",")),
+                             args.prompts, args.new_tokens, args.cpu_precision)
+    print(parity.format_table(cells))
+    report = args.report or args.workdir / "report.json"
+    json_path, md_path = parity.write_reports(cells, meta, report)
+    failed = sum(c.status == "failed" for c in cells)
+    print(f"summary: {len(cells)} cells ({failed} failed) in {time.perf_counter() - start:.0f}s; "
+          f"reports: {json_path}, {md_path}")
+
+
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the built-in seed toy")
     p.add_argument("--workdir", type=Path, default=Path("out/demo"))
@@ -46,7 +108,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepseek-v4-ov", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_toy, add_demo):
+    for add in (add_toy, add_export, add_parity, add_demo):
         add(sub)
     return parser
 

@@ -1,0 +1,483 @@
+"""Weight compression of the exported IR (NNCF `compress_weights`) with a precision policy that mirrors
+the DeepSeek-V4 release.
+
+Formats (`--weight-format`, named as in `optimum-cli export openvino`):
+
+    fp32   nothing changes
+    fp16   weight matrices stored as f16 (f16 constant + Convert, what `compress_to_fp16` writes)
+    int8   INT8_ASYM per output channel (INT8_SYM with `sym`)
+    int4   INT4_ASYM, group 32 by default (INT4_SYM with `sym`)
+    mxfp4  NNCF MXFP4: e2m1 values with an E8M0 scale per 32 inputs (the OCP microscaling format)
+
+Precision policy. The release itself says which tensors tolerate low precision: it stores the routed
+experts in FP4, the attention projections and the shared experts in FP8, and keeps the embedding, the
+head, the router, the compressors and the indexer's `weights_proj` in BF16 and the mHC mixing
+(`hc_*`), the attention sinks, the compressor `ape` and the router bias in F32. We follow that, one
+IR precision per release storage class (`official.storage_class` of the tensor's official name):
+
+    release FP4  routed experts                                  -> the chosen format (`ratio` of them;
+                                                                    the rest in the backup precision)
+    release FP8  attention wq_a/wq_b/wkv/wo_a/wo_b, indexer wq_b,
+                 shared experts, MTP e_proj/h_proj              -> 8 bit: the backup precision in 4-bit
+                                                                    formats (int8_asym unless
+                                                                    `backup_precision`), the format itself
+                                                                    for int8; with `all_layers` the format
+    release BF16 embed, head, router gate, compressor wkv/wgate,
+                 indexer weights_proj and compressor            -> f16 (exact for BF16 values in f16's
+                                                                    normal range); embed/head take the
+                                                                    format with `all_layers`
+    release F32  hc_*_fn (mHC), attn_sink, ape, gate.bias        -> f32, always
+    vectors (norm weights) and computed constants (RoPE tables, masks, shapes) are left as traced (f32).
+
+Why not NNCF's default (everything but embed/head in 4 bit, embed/head in INT8)? The router gate decides
+which experts run (a flipped top-k is a different computation, not a small error), the mHC matrices feed
+a Sinkhorn normalisation, and the compressor/indexer weights pick which compressed entries attention sees;
+all are tiny (~0.3 % of V4-Flash) and the release's authors kept them in 16/32 bit. 4 bit goes where the
+release already uses 4 bit; the FP8 tensors get 8 bit. `fp32` leaves everything in f32.
+
+The policy is applied with NNCF `ignored_scope` built from the IR: every weight constant is mapped back
+to its official tensor name (`resolve`), from the constant's own name (`self.model.<official name>`) or,
+for constants the frontend renamed, from the module path of the op that consumes it
+(`__module.model.<module path>/aten::<op>`). `precision_report` reads the element types of the IR's
+constants per tensor group, so the policy can be checked on the saved IR.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from .official import BF16, F32, FP4, FP8, I64, group_of, storage_class
+
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
+BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
+GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
+DEFAULT_GROUP_SIZE = 32
+OTHER = "other constants"
+
+# ops NNCF may compress the weights of; every one outside a pass's target set goes to its ignored_scope
+_WEIGHTED_TYPES = {"MatMul", "Gather", "Convolution", "GroupConvolution", "ConvolutionBackpropData",
+                   "GroupConvolutionBackpropData", "Einsum", "EmbeddingBagOffsets", "EmbeddingBagPacked",
+                   "EmbeddingSegmentsSum"}
+# ops between a weight constant and its consumer (frontend reshapes, NNCF decompression)
+_PASS_THROUGH = {"Convert", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Subtract", "Multiply"}
+_LINEAR_LEAVES = {"wq_a", "wq_b", "wkv", "wo_a", "wo_b", "weights_proj", "w1", "w2", "w3", "gate", "head",
+                  "e_proj", "h_proj", "wgate"}
+_MODULE_RE = re.compile(r"__module\.model(?:\.([\w.]+?))?/aten::(\w+)/")
+_SUFFIX_RE = re.compile(r"^(.*?)(?:_compressed)?(?:/(scale|zero_point|second_order_scale|zero_point/subtract))?$")
+
+
+@dataclass(frozen=True)
+class CompressionOptions:
+    """What `optimum-cli export openvino` calls the weight-only compression options (data-free ones)."""
+
+    weight_format: str = "fp32"
+    group_size: int | None = None  # None: 32 for int4/mxfp4, per channel (-1) for int8
+    sym: bool = False
+    ratio: float | None = None  # None: 1.0
+    backup_precision: str | None = None  # None: int8_asym
+    all_layers: bool = False
+    awq: bool = False  # data-free AWQ (scales from weight magnitudes)
+    group_size_fallback: str | None = None  # None: error
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option that does not apply to the chosen format."""
+        fmt = self.weight_format
+        if fmt not in WEIGHT_FORMATS:
+            raise ValueError(f"unsupported weight format {fmt!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+        four_bit = fmt in ("int4", "mxfp4")
+        given = {"--group-size": self.group_size is not None, "--ratio": self.ratio is not None,
+                 "--backup-precision": self.backup_precision is not None, "--awq": self.awq,
+                 "--group-size-fallback": self.group_size_fallback is not None}
+        if fmt in ("fp32", "fp16"):
+            given.update({"--sym": self.sym, "--all-layers": self.all_layers})
+            bad = [k for k, v in given.items() if v]
+            if bad:
+                raise ValueError(f"{bad[0]} applies to int8/int4/mxfp4 weight formats, not {fmt}")
+            return
+        if fmt == "int8":
+            bad = [k for k, v in given.items() if v and k != "--group-size"]
+            if bad:
+                raise ValueError(f"{bad[0]} applies to 4-bit weight formats (int4, mxfp4), not int8")
+            if self.group_size not in (None, -1):
+                raise ValueError(f"--group-size {self.group_size}: int8 is per output channel (-1) here")
+            return
+        if fmt == "mxfp4":
+            if self.sym:
+                raise ValueError("--sym applies to integer formats; mxfp4 has no zero point")
+            if self.group_size not in (None, 32):
+                raise ValueError(f"--group-size {self.group_size}: mxfp4 uses groups of 32 (the MX block size)")
+            if self.awq:
+                raise ValueError("--awq is not supported by NNCF for mxfp4")
+        assert four_bit
+        if self.group_size is not None and not (self.group_size == -1 or self.group_size > 0):
+            raise ValueError(f"--group-size {self.group_size}: a positive group size or -1 (per channel)")
+        if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"--ratio {self.ratio}: must lie in [0, 1]")
+        if self.backup_precision is not None and self.backup_precision not in BACKUP_PRECISIONS:
+            raise ValueError(f"--backup-precision {self.backup_precision!r}: choose one of {', '.join(BACKUP_PRECISIONS)}")
+        if self.group_size_fallback is not None and self.group_size_fallback not in GROUP_SIZE_FALLBACKS:
+            raise ValueError(f"--group-size-fallback {self.group_size_fallback!r}: choose one of "
+                             f"{', '.join(GROUP_SIZE_FALLBACKS)}")
+
+    def resolved(self) -> dict[str, Any]:
+        """The options with defaults filled in, as recorded in openvino_config.json."""
+        fmt = self.weight_format
+        out: dict[str, Any] = {"weight_format": fmt}
+        if fmt in ("fp32", "fp16"):
+            return out
+        if fmt == "int8":
+            return {**out, "mode": "int8_sym" if self.sym else "int8_asym", "group_size": -1,
+                    "all_layers": self.all_layers}
+        mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.sym else "int4_asym")
+        return {**out, "mode": mode,
+                "group_size": DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size,
+                "ratio": 1.0 if self.ratio is None else self.ratio,
+                "backup_precision": self.backup_precision or "int8_asym",
+                "all_layers": self.all_layers, "awq": self.awq,
+                "group_size_fallback": self.group_size_fallback or "error"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Mapping IR constants to official tensor names
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class WeightConstant:
+    node: Any  # the Constant op
+    name: str | None  # official tensor name (a representative one where the IR cannot tell wkv from wgate)
+    part: str  # weight | scale | zero_point
+    consumer: Any | None  # the op that uses the (decompressed) weight: MatMul, Gather, Einsum, ...
+
+    @property
+    def group(self) -> str:
+        if self.name is None:
+            return OTHER
+        try:
+            return group_of(self.name)
+        except StopIteration:
+            return OTHER
+
+    @property
+    def storage(self) -> str | None:
+        return None if self.name is None else storage_class(self.name)
+
+
+_RESHAPE_ATEN = {"to", "view", "reshape", "t", "transpose", "permute", "unsqueeze", "squeeze", "contiguous",
+                 "flatten", "unflatten", "expand", "float", "type_as"}
+
+
+def _passes(op) -> bool:
+    """A reshape/convert step between a weight and its real consumer: a frontend reshape of the weight
+    or an NNCF/FP16 decompression step (not an elementwise op of the model, e.g. a norm's Multiply)."""
+    if op.get_type_name() not in _PASS_THROUGH:
+        return False
+    m = _MODULE_RE.match(op.get_friendly_name())
+    return m is None or m.group(2) in _RESHAPE_ATEN
+
+
+def _consumer(node, depth: int = 8):
+    """The first op after `node` that is not a reshape/convert/decompression step."""
+    op = node
+    for _ in range(depth):
+        targets = list(op.output(0).get_target_inputs())
+        if not targets:
+            return None
+        nxt = targets[0].get_node()
+        if not _passes(nxt):
+            return nxt
+        op = nxt
+    return None
+
+
+def _aten_op(consumer) -> str | None:
+    if consumer is None:
+        return None
+    m = _MODULE_RE.match(consumer.get_friendly_name())
+    if m and m.group(2) not in _RESHAPE_ATEN:
+        return m.group(2)
+    return {"MatMul": "linear", "Gather": "index", "Einsum": "einsum", "Multiply": "mul"}.get(consumer.get_type_name())
+
+
+def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None:
+    """Representative official name of a weight used by `aten::<op>` inside module `path`."""
+    leaf = path.rsplit(".", 1)[-1] if path else ""
+    matrix = len([d for d in const_shape if d != 1]) >= 2
+    if op in ("linear", "matmul", "mm", "bmm", "einsum") and matrix:
+        if leaf in _LINEAR_LEAVES:
+            return f"{path}.weight"
+        if leaf == "compressor":
+            return f"{path}.wkv.weight"
+        if leaf == "embed":
+            return "embed.weight"
+        if re.fullmatch(r"(layers|mtp)\.\d+", path):
+            return f"{path}.hc_attn_fn"
+        if path == "":
+            return "hc_head_fn"
+        if re.fullmatch(r"(layers|mtp)\.\d+\.ffn\.experts(\.\d+)?", path):
+            return f"{path}.w1.weight" if path.endswith(tuple("0123456789")) else f"{path}.0.w1.weight"
+        return None
+    if op in ("embedding",) and leaf == "embed":
+        return "embed.weight"
+    if op in ("index", "index_select") and leaf == "compressor":
+        return f"{path}.ape"
+    if op in ("mul", "add") and leaf.endswith("norm"):
+        return f"{path}.weight"
+    return None
+
+
+def resolve(const) -> WeightConstant:
+    """Official name and part of one IR Constant (name None: not a model weight, e.g. a RoPE table)."""
+    friendly = const.get_friendly_name()
+    base, suffix = _SUFFIX_RE.match(friendly).groups()
+    part = {"scale": "scale", "second_order_scale": "scale"}.get(suffix or "", "zero_point" if suffix else "weight")
+    consumer = _consumer(const)
+    m = re.match(r"self\.(?:model\.)?(.+)$", base)
+    if m:
+        return WeightConstant(const, m.group(1), part, consumer)
+    shape = tuple(const.get_output_partial_shape(0).to_shape())
+    own = _MODULE_RE.match(base)  # a constant the frontend named after the op that made it (aten::to)
+    used = _MODULE_RE.match(consumer.get_friendly_name()) if consumer is not None else None
+    module = own or used
+    op = _aten_op(consumer)
+    if module is not None and op is not None:
+        return WeightConstant(const, _from_module(module.group(1) or "", op, shape), part, consumer)
+    return WeightConstant(const, None, part, consumer)
+
+
+def weight_constants(ov_model: ov.Model) -> list[WeightConstant]:
+    return [resolve(op) for op in ov_model.get_ops() if op.get_type_name() == "Constant"]
+
+
+def _weighted_op(wc: WeightConstant):
+    """The op NNCF would treat as the owner of this weight (MatMul / Gather / ...), or None."""
+    op = wc.consumer
+    return op if op is not None and op.get_type_name() in _WEIGHTED_TYPES else None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Compression
+# ------------------------------------------------------------------------------------------------------
+PRIMARY, EIGHT_BIT, HALF, FULL = "primary", "8-bit", "f16", "f32"
+
+
+def target_of(name: str, opts: CompressionOptions) -> str:
+    """Where the policy puts a weight matrix with official name `name` (before `ratio`)."""
+    kind = storage_class(name)
+    if kind == FP4:
+        return PRIMARY
+    if kind == FP8:
+        return PRIMARY if opts.all_layers or opts.weight_format == "int8" else EIGHT_BIT
+    if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
+        return PRIMARY
+    if kind == BF16:
+        return HALF
+    return FULL  # F32 class (hc_*, sinks, ape, gate.bias) and I64 tables
+
+
+def plan(ov_model: ov.Model, opts: CompressionOptions) -> dict[str, list[str]]:
+    """Names of the weighted ops per policy target (primary / 8-bit / f16 / f32 / unknown)."""
+    out: dict[str, list[str]] = {PRIMARY: [], EIGHT_BIT: [], HALF: [], FULL: [], "unknown": []}
+    seen = set()
+    for wc in weight_constants(ov_model):
+        op = _weighted_op(wc)
+        if op is None or wc.part != "weight" or op.get_friendly_name() in seen:
+            continue
+        if wc.node.get_output_element_type(0) not in (ov.Type.f32, ov.Type.f16, ov.Type.bf16):
+            continue
+        seen.add(op.get_friendly_name())
+        out["unknown" if wc.name is None else target_of(wc.name, opts)].append(op.get_friendly_name())
+    return out
+
+
+def _ignored_all_but(ov_model: ov.Model, keep: set[str]):
+    import nncf
+
+    names = [op.get_friendly_name() for op in ov_model.get_ops()
+             if op.get_type_name() in _WEIGHTED_TYPES and op.get_friendly_name() not in keep]
+    return nncf.IgnoredScope(names=names, validate=False)
+
+
+def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | None = None, sym: bool = False,
+             ratio: float | None = None, backup_precision: str | None = None, all_layers: bool = False,
+             awq: bool = False, group_size_fallback: str | None = None, verbose: bool = False) -> ov.Model:
+    """Compress `ov_model` in place (and return it) following the module's precision policy."""
+    opts = CompressionOptions(weight_format, group_size, sym, ratio, backup_precision, all_layers, awq,
+                              group_size_fallback)
+    return compress_with(ov_model, opts, verbose)
+
+
+def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = False) -> ov.Model:
+    opts.validate()
+    fmt = opts.weight_format
+    if fmt == "fp32":
+        return ov_model
+    if fmt != "fp16":
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+        if not verbose:
+            nncf.set_log_level(40)  # NNCF's per-run tables and progress bars; the exporter prints its own
+        r = opts.resolved()
+        targets = plan(ov_model, opts)
+        if targets[PRIMARY]:
+            mode = nncf.CompressWeightsMode(r["mode"])
+            kwargs: dict[str, Any] = {}
+            if fmt != "int8":  # NNCF's INT8 modes take none of these (per channel, no ratio)
+                kwargs = {
+                    "all_layers": True,  # embed/head are placed by the policy, not by NNCF
+                    "ratio": r["ratio"], "group_size": r["group_size"],
+                    "backup_mode": nncf.BackupMode(r["backup_precision"]),
+                    "awq": opts.awq or None,
+                    "advanced_parameters": AdvancedCompressionParameters(
+                        group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
+                }
+            try:
+                ov_model = nncf.compress_weights(
+                    ov_model, mode=mode, ignored_scope=_ignored_all_but(ov_model, set(targets[PRIMARY])), **kwargs)
+            except nncf.errors.InvalidGroupSizeError as err:
+                first = str(err).strip().splitlines()
+                raise ValueError(f"--group-size {r['group_size']}: {first[0]} {first[-1].strip()}") from err
+        backup = r.get("backup_precision", "none")
+        if targets[EIGHT_BIT] and backup != "none":
+            ov_model = nncf.compress_weights(
+                ov_model, mode=nncf.CompressWeightsMode(backup), ignored_scope=_ignored_all_but(ov_model, set(targets[EIGHT_BIT])))
+    _to_f16(ov_model)
+    return ov_model
+
+
+def _to_f16(ov_model: ov.Model) -> None:
+    """Store every still-f32 weight matrix of release class FP4/FP8/BF16 as f16 + a decompression Convert
+    (OpenVINO's own FP16 compression, applied to these constants only; f32-class tensors, vectors and
+    computed constants are untouched)."""
+    from openvino._offline_transformations import compress_model_transformation
+
+    chosen = []
+    for wc in weight_constants(ov_model):
+        if wc.part != "weight" or wc.name is None or wc.node.get_output_element_type(0) != ov.Type.f32:
+            continue
+        shape = tuple(wc.node.get_output_partial_shape(0).to_shape())
+        if len([d for d in shape if d != 1]) < 2 or storage_class(wc.name) not in (FP4, FP8, BF16):
+            continue
+        chosen.append(wc.node)
+    if not chosen:
+        return
+    import openvino.opset13 as ops
+
+    copies = [ops.constant(c.get_data(), name=c.get_friendly_name()) for c in chosen]
+    tmp = ov.Model([ops.result(c) for c in copies], [])
+    compress_model_transformation(tmp)  # Constant f16 -> Convert f32 marked as decompression
+    for const, result in zip(chosen, tmp.get_results()):
+        src = result.input_value(0)
+        for target in list(const.output(0).get_target_inputs()):
+            target.replace_source_output(src)
+    ov_model.validate_nodes_and_infer_types()
+
+
+def _bits_per_element(target: str, opts: CompressionOptions, in_features: int) -> float:
+    """Storage bits per weight element of a [*, in_features] matrix placed at `target` (scales and zero
+    points included: f16 scales, u4/u8 zero points, E8M0 MX scales)."""
+    r = opts.resolved()
+    fmt = opts.weight_format
+    if fmt == "fp32" or target == FULL:
+        return 32.0
+    if fmt == "fp16" or target == HALF:
+        return 16.0
+
+    def eight(mode: str) -> float:
+        return 8 + (16 + (0 if mode == "int8_sym" else 8)) / in_features
+
+    if target == EIGHT_BIT:
+        backup = r.get("backup_precision", "int8_asym")
+        return 16.0 if backup == "none" else eight(backup)
+    if fmt == "int8":
+        return eight(r["mode"])
+    g = in_features if r["group_size"] == -1 else r["group_size"]
+    four = 4 + 8 / 32 if fmt == "mxfp4" else 4 + (16 + (0 if opts.sym else 4)) / g
+    backup = r["backup_precision"]
+    rest = 16.0 if backup == "none" else eight(backup)
+    return r["ratio"] * four + (1 - r["ratio"]) * rest
+
+
+def theoretical_bytes(config, opts: CompressionOptions, include_mtp: bool = False) -> dict[str, float]:
+    """Bytes per tensor group of the weights alone under the policy (what `.bin` would hold with no
+    graph constants): 2-D weights by their target precision, vectors f32, I64 tables 8 bytes."""
+    from .official import logical_tensors
+
+    out: dict[str, float] = {}
+    for name, shape in logical_tensors(config).items():
+        if name.startswith("mtp.") and not include_mtp:
+            continue
+        n = int(np.prod(shape))
+        if storage_class(name) == I64:
+            bits = 64.0
+        elif len(shape) == 2 and name.endswith(".weight"):
+            bits = _bits_per_element(target_of(name, opts), opts, shape[1])
+        else:
+            bits = 32.0
+        group = group_of(name)
+        out[group] = out.get(group, 0.0) + n * bits / 8
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Reporting
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class GroupPrecision:
+    weights: dict[str, int] = field(default_factory=dict)  # element type -> elements of weight values
+    scales: dict[str, int] = field(default_factory=dict)  # scales and zero points
+    nbytes: int = 0
+    group_sizes: set[int] = field(default_factory=set)  # quantisation groups seen (-1: per channel)
+
+    def describe(self) -> str:
+        w = ", ".join(f"{t} {n:,}" for t, n in sorted(self.weights.items(), key=lambda kv: -kv[1]))
+        extra = ""
+        if self.scales:
+            gs = ", ".join("per channel" if g == -1 else f"group {g}" for g in sorted(self.group_sizes)) or "-"
+            extra = f" + scales/zp {', '.join(f'{t} {n:,}' for t, n in sorted(self.scales.items()))} ({gs})"
+        return f"{w}{extra}"
+
+
+def _nbytes(node) -> int:
+    shape = node.get_output_partial_shape(0).to_shape()
+    return (int(np.prod(shape, dtype=np.int64)) * node.get_output_element_type(0).bitwidth + 7) // 8
+
+
+def precision_report(ov_model: ov.Model) -> dict[str, GroupPrecision]:
+    """Per tensor group (the dry run's groups, plus 'other constants'): element types of the weight
+    constants as stored in the IR, their scales/zero points, bytes, and quantisation group sizes."""
+    out: dict[str, GroupPrecision] = {}
+    for wc in weight_constants(ov_model):
+        group = wc.group
+        g = out.setdefault(group, GroupPrecision())
+        node = wc.node
+        t = node.get_output_element_type(0).get_type_name()
+        shape = tuple(node.get_output_partial_shape(0).to_shape())
+        n = int(np.prod(shape, dtype=np.int64))
+        g.nbytes += _nbytes(node)
+        if wc.part == "weight":
+            g.weights[t] = g.weights.get(t, 0) + n
+            if node.get_output_element_type(0).bitwidth <= 8 and group != OTHER and len(shape) >= 2:
+                g.group_sizes.add(shape[-1] if len(shape) == 3 else -1)
+        else:
+            g.scales[t] = g.scales.get(t, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] == OTHER, -kv[1].nbytes)))
+
+
+def report_dict(report: dict[str, GroupPrecision]) -> dict[str, Any]:
+    return {g: {**asdict(p), "group_sizes": sorted(p.group_sizes)} for g, p in report.items()}
+
+
+def format_report(report: dict[str, GroupPrecision]) -> str:
+    width = max(len(g) for g in report)
+    return "\n".join(f"  {g:<{width}}  {p.nbytes / 1e6:8.3f} MB  {p.describe()}" for g, p in report.items())
+
+
+__all__ = ["WEIGHT_FORMATS", "BACKUP_PRECISIONS", "GROUP_SIZE_FALLBACKS", "CompressionOptions", "compress",
+           "compress_with", "plan", "precision_report", "format_report", "report_dict", "resolve",
+           "weight_constants", "target_of", "theoretical_bytes", "F32"]
