@@ -40,7 +40,8 @@ def run_toy(args: argparse.Namespace) -> None:
 def add_export(sub: argparse._SubParsersAction) -> None:
     from .compression import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
 
-    p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as optimum-cli export openvino)")
+    p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
+                                      "openvino`)")
     p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
     p.add_argument("output", type=Path, help="OUTPUT folder for the OpenVINO model")
     p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)} (default fp32)")

@@ -120,7 +120,8 @@ class CompressionOptions:
         if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"--ratio {self.ratio}: must lie in [0, 1]")
         if self.backup_precision is not None and self.backup_precision not in BACKUP_PRECISIONS:
-            raise ValueError(f"--backup-precision {self.backup_precision!r}: choose one of {', '.join(BACKUP_PRECISIONS)}")
+            raise ValueError(f"--backup-precision {self.backup_precision!r}: choose one of "
+                             f"{', '.join(BACKUP_PRECISIONS)}")
         if self.group_size_fallback is not None and self.group_size_fallback not in GROUP_SIZE_FALLBACKS:
             raise ValueError(f"--group-size-fallback {self.group_size_fallback!r}: choose one of "
                              f"{', '.join(GROUP_SIZE_FALLBACKS)}")
@@ -200,7 +201,8 @@ def _aten_op(consumer) -> str | None:
     m = _MODULE_RE.match(consumer.get_friendly_name())
     if m and m.group(2) not in _RESHAPE_ATEN:
         return m.group(2)
-    return {"MatMul": "linear", "Gather": "index", "Einsum": "einsum", "Multiply": "mul"}.get(consumer.get_type_name())
+    by_type = {"MatMul": "linear", "Gather": "index", "Einsum": "einsum", "Multiply": "mul"}
+    return by_type.get(consumer.get_type_name())
 
 
 def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None:
@@ -218,8 +220,9 @@ def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None
             return f"{path}.hc_attn_fn"
         if path == "":
             return "hc_head_fn"
-        if re.fullmatch(r"(layers|mtp)\.\d+\.ffn\.experts(\.\d+)?", path):
-            return f"{path}.w1.weight" if path.endswith(tuple("0123456789")) else f"{path}.0.w1.weight"
+        m = re.fullmatch(r"((?:layers|mtp)\.\d+\.ffn)(\.experts(\.\d+)?)?", path)
+        if m and (m.group(3) or len(const_shape) == 3):  # one expert, or the routed experts stacked [E, O, I]
+            return f"{m.group(1)}.experts.{(m.group(3) or '.0')[1:]}.w1.weight"
         return None
     if op in ("embedding",) and leaf == "embed":
         return "embed.weight"
@@ -345,7 +348,8 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
         backup = r.get("backup_precision", "none")
         if targets[EIGHT_BIT] and backup != "none":
             ov_model = nncf.compress_weights(
-                ov_model, mode=nncf.CompressWeightsMode(backup), ignored_scope=_ignored_all_but(ov_model, set(targets[EIGHT_BIT])))
+                ov_model, mode=nncf.CompressWeightsMode(backup),
+                ignored_scope=_ignored_all_but(ov_model, set(targets[EIGHT_BIT])))
     _to_f16(ov_model)
     return ov_model
 
