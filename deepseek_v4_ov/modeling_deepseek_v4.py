@@ -185,6 +185,18 @@ def visible_entries(positions: torch.Tensor, count: int, ratio: int) -> torch.Te
     return entry < torch.div(positions + 1, ratio, rounding_mode="floor").unsqueeze(-1)
 
 
+def stable_topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest values on the last axis; equal values are taken lowest index first.
+
+    Index scores tie exactly (ReLU zeros, -inf), and `torch.topk` leaves the order of ties unspecified,
+    so eager PyTorch uses a stable descending sort. Under tracing this stays `topk`, which the OpenVINO
+    exporter marks stable (TopK-11 `stable=True`: the same rule), so the graph pays for a top-k, not a sort.
+    """
+    if torch.jit.is_tracing():
+        return x.topk(k, dim=-1).indices
+    return x.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+
+
 class Indexer(nn.Module):
     """Lightning indexer of CSA layers: picks the top-`index_topk` compressed entries for each query.
 
@@ -229,7 +241,7 @@ class Indexer(nn.Module):
         state[prefix + "index_keys"] = keys
         scores = self.scores(x, qr, positions, rope, keys)
         padding = scores.new_full((*scores.shape[:2], self.topk), NEG_INF)
-        picks = torch.cat((scores, padding), -1).topk(self.topk, dim=-1).indices
+        picks = stable_topk_indices(torch.cat((scores, padding), -1), self.topk)
         valid = picks < torch.div(positions + 1, CSA, rounding_mode="floor").unsqueeze(-1)
         return picks, valid
 
