@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from deepseek_v4_ov import ov_convert
-from tests.conftest import prompt
+from conftest import prompt
 
 TOL = 1e-4
 PREFILL_LENGTHS = [*range(1, 141), *range(290, 311)]  # every residue of 4 and of 128, across 128 and 256
