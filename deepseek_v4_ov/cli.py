@@ -44,7 +44,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                       "openvino`)")
     p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
     p.add_argument("output", type=Path, help="OUTPUT folder for the OpenVINO model")
-    p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)} (default fp32)")
+    p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's "
+                                                           "FP4/FP8 codes kept as f4e2m1/f8e4m3 + f8e8m0; default fp32)")
+    p.add_argument("--streaming", action="store_true", help="build the IR block by block in bounded memory")
     p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 32; -1 per channel)")
     p.add_argument("--sym", action="store_true", help="symmetric int8/int4 (no zero point)")
     p.add_argument("--ratio", type=float, help="4-bit share of the routed-expert weights, the rest in the backup "
@@ -67,7 +69,7 @@ def run_export(args: argparse.Namespace) -> None:
     export(args.model, args.output, weight_format=args.weight_format, group_size=args.group_size, sym=args.sym,
            ratio=args.ratio, backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
            group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
-           overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer)
+           overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer, streaming=args.streaming)
 
 
 def add_parity(sub: argparse._SubParsersAction) -> None:

@@ -188,15 +188,29 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
            sym: bool = False, ratio: float | None = None, backup_precision: str | None = None,
            all_layers: bool = False, awq: bool = False, group_size_fallback: str | None = None,
            prefill_only: bool = False, overwrite: bool = False, convert_tokenizer: bool = True,
-           log: Callable[[str], None] | None = None) -> ExportResult:
-    """Export SRC to OUTPUT (see the module docstring); returns the summary (also printed through `log`)."""
+           log: Callable[[str], None] | None = None, streaming: bool = False) -> ExportResult:
+    """Export SRC to OUTPUT (see the module docstring); returns the summary (also printed through `log`).
+
+    `weight_format="native"` keeps the release encodings (`native.py`); `streaming=True` builds the IR
+    block by block in bounded memory (`streaming.py`)."""
     from . import ov_convert
     from .compression import compress_with
+    from .native import NATIVE, check_native_options, nativize
 
+    if streaming:
+        from .streaming import export_streaming
+
+        return export_streaming(src, output, weight_format=weight_format, group_size=group_size, sym=sym,
+                                ratio=ratio, backup_precision=backup_precision, all_layers=all_layers, awq=awq,
+                                group_size_fallback=group_size_fallback, prefill_only=prefill_only,
+                                overwrite=overwrite, convert_tokenizer=convert_tokenizer, log=log)
     log = log or (lambda line: print(line, flush=True))
     src, output = Path(src), Path(output)
-    opts = CompressionOptions(weight_format, group_size, sym, ratio, backup_precision, all_layers, awq,
-                              group_size_fallback)
+    is_native = weight_format == NATIVE
+    if is_native:
+        check_native_options(group_size, sym, ratio, backup_precision, all_layers, awq, group_size_fallback)
+    opts = CompressionOptions("fp32" if is_native else weight_format, group_size, sym, ratio, backup_precision,
+                              all_layers, awq, group_size_fallback)
     times: dict[str, float] = {}
     kind = "prefill-only" if prefill_only else "stateful"
 
@@ -210,6 +224,9 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
 
     with stage(1, "validate", f"{src}"):
         config, fmt = validate(src, output, opts, overwrite, convert_tokenizer)
+        if is_native and fmt != "fp8":
+            raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
+                                  f"with E8M0 scales); this one is {fmt}")
     log(f"      {fmt} checkpoint, {config.num_hidden_layers} layers, {config.n_routed_experts} experts, "
         f"vocab {config.vocab_size}")
 
@@ -219,9 +236,12 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
     with stage(3, "convert", f"{kind} IR (ov.convert_model)"):
         ov_model = ov_convert.convert(model, stateful=True, prefill_only=prefill_only)
 
-    resolved = opts.resolved()
+    resolved = {"weight_format": NATIVE} if is_native else opts.resolved()
     with stage(4, "compress", ", ".join(f"{k}={v}" for k, v in resolved.items())):
-        ov_model = compress_with(ov_model, opts)
+        if is_native:
+            nativize(ov_model, src)
+        else:
+            ov_model = compress_with(ov_model, opts)
 
     with_tokenizer = convert_tokenizer and _has_tokenizer(src)
     with stage(5, "write", f"{output} (atomically)"), atomic_output_dir(output, overwrite) as tmp:
