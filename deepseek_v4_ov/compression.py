@@ -45,7 +45,6 @@ constants per tensor group, so the policy can be checked on the saved IR.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,7 +60,7 @@ DEFAULT_GROUP_SIZE = 32
 OTHER = "other constants"
 
 # ops NNCF may compress the weights of; every one outside a pass's target set goes to its ignored_scope
-_WEIGHTED_TYPES = {"MatMul", "Gather", "Convolution", "GroupConvolution", "ConvolutionBackpropData",
+_WEIGHTED_TYPES = {"MatMul", "GroupedMatMul", "Gather", "Convolution", "GroupConvolution", "ConvolutionBackpropData",
                    "GroupConvolutionBackpropData", "Einsum", "EmbeddingBagOffsets", "EmbeddingBagPacked",
                    "EmbeddingSegmentsSum"}
 # ops between a weight constant and its consumer (frontend reshapes, NNCF decompression)
@@ -201,7 +200,7 @@ def _aten_op(consumer) -> str | None:
     m = _MODULE_RE.match(consumer.get_friendly_name())
     if m and m.group(2) not in _RESHAPE_ATEN:
         return m.group(2)
-    by_type = {"MatMul": "linear", "Gather": "index", "Einsum": "einsum", "Multiply": "mul"}
+    by_type = {"MatMul": "linear", "GroupedMatMul": "linear", "Gather": "index", "Einsum": "einsum", "Multiply": "mul"}
     return by_type.get(consumer.get_type_name())
 
 
@@ -209,7 +208,7 @@ def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None
     """Representative official name of a weight used by `aten::<op>` inside module `path`."""
     leaf = path.rsplit(".", 1)[-1] if path else ""
     matrix = len([d for d in const_shape if d != 1]) >= 2
-    if op in ("linear", "matmul", "mm", "bmm", "einsum") and matrix:
+    if op in ("linear", "matmul", "mm", "bmm", "einsum", "_grouped_mm") and matrix:  # _grouped_mm: moe_patch
         if leaf in _LINEAR_LEAVES:
             return f"{path}.weight"
         if leaf == "compressor":

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from .configuration_deepseek_v4 import CSA, HCA, SLIDING, DeepseekV4Config
+from .configuration_deepseek_v4 import CSA, SLIDING, DeepseekV4Config
 
 NEG_INF = float("-inf")
 

@@ -15,13 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from conftest import prompt  # noqa: E402
-from deepseek_v4_ov import cli, exporter, ov_convert  # noqa: E402
-from deepseek_v4_ov.checkpoint import INDEX_NAME, read_config  # noqa: E402
-from deepseek_v4_ov.compression import (  # noqa: E402
+from conftest import ROOT, prompt
+from deepseek_v4_ov import cli, exporter, ov_convert
+from deepseek_v4_ov.checkpoint import INDEX_NAME, read_config
+from deepseek_v4_ov.compression import (
     CompressionOptions,
     compress,
     precision_report,
@@ -29,9 +26,9 @@ from deepseek_v4_ov.compression import (  # noqa: E402
     theoretical_bytes,
     weight_constants,
 )
-from deepseek_v4_ov.official import group_of, logical_tensors  # noqa: E402
-from deepseek_v4_ov.toy import write_toy  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.official import group_of, logical_tensors
+from deepseek_v4_ov.toy import write_toy
+from toy.presets import PRESETS
 
 PUBLIC_MB = {"fp32": 6.33, "int8": 3.03, "int4": 2.71}  # the public seed toy's IR sizes (.bin + .xml)
 F32_HINT = {"INFERENCE_PRECISION_HINT": "f32"}

@@ -7,7 +7,6 @@ every state along one axis and would corrupt the window and compressor states), 
 for raw text, `ignore_eos` to compare whole runs on random weights.
 """
 
-import numpy as np
 import openvino as ov
 import openvino_genai
 import pytest

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, prompt
+from conftest import prompt
 from deepseek_v4_ov.checkpoint import CheckpointError, CheckpointReader, read_config
 from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
 

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from deepseek_v4_ov.checkpoint import INDEX_NAME, CheckpointError, CheckpointReader, read_config  # noqa: E402
-from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config  # noqa: E402
-from deepseek_v4_ov.modeling_deepseek_v4 import DeepseekV4ForCausalLM  # noqa: E402
-from deepseek_v4_ov.official import (  # noqa: E402
+from deepseek_v4_ov.checkpoint import INDEX_NAME, CheckpointError, CheckpointReader, read_config
+from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.modeling_deepseek_v4 import DeepseekV4ForCausalLM
+from deepseek_v4_ov.official import (
     DTYPE_BYTES,
     dry_run,
     expected_tensors,
@@ -26,8 +22,8 @@ from deepseek_v4_ov.official import (  # noqa: E402
     load_state_dict,
     logical_tensors,
 )
-from deepseek_v4_ov.toy import official_config_dict, write_toy  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.toy import official_config_dict, write_toy
+from toy.presets import PRESETS
 
 
 @pytest.fixture(scope="module")
