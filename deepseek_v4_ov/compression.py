@@ -466,7 +466,9 @@ def precision_report(ov_model: ov.Model) -> dict[str, GroupPrecision]:
         if wc.part == "weight":
             g.weights[t] = g.weights.get(t, 0) + n
             if node.get_output_element_type(0).bitwidth <= 8 and group != OTHER and len(shape) >= 2:
-                g.group_sizes.add(shape[-1] if len(shape) == 3 else -1)
+                # one more axis than the matrix's own ([O, I], or [E, O, I] under a GroupedMatMul): grouped
+                base = 3 if wc.consumer is not None and wc.consumer.get_type_name() == "GroupedMatMul" else 2
+                g.group_sizes.add(shape[-1] if len(shape) == base + 1 else -1)
         else:
             g.scales[t] = g.scales.get(t, 0) + n
     return dict(sorted(out.items(), key=lambda kv: (kv[0] == OTHER, -kv[1].nbytes)))

@@ -33,6 +33,7 @@ from openvino.passes import MakeStateful, Manager
 from torch import nn
 
 from .modeling_deepseek_v4 import DeepseekV4Cache, DeepseekV4ForCausalLM
+from .moe_patch import grouped_moe
 
 IR_NAME = "openvino_model.xml"
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
@@ -120,7 +121,7 @@ def convert(model: DeepseekV4ForCausalLM, stateful: bool = True, prefill_only: b
     ids = _random_ids(model, 2, 5, 1)
     seq = (ov.PartialShape([-1, -1]), ov.Type.i64)
     if prefill_only:
-        with torch.no_grad():
+        with torch.no_grad(), grouped_moe(model):  # routed experts as GroupedMatMul (see moe_patch)
             ov_model = ov.convert_model(_PrefillWrapper(model), example_input=(ids, torch.ones_like(ids)),
                                         input=[seq, seq])
         _name_ports(ov_model, ["input_ids", "attention_mask"], ["logits"])
@@ -139,7 +140,7 @@ def convert(model: DeepseekV4ForCausalLM, stateful: bool = True, prefill_only: b
         cache_inputs.append((ov.PartialShape(dims), ov.Type.i32 if n == "length" else ov.Type.f32))
     mask = torch.ones(2, 138, dtype=torch.long)
     positions = torch.arange(133, 138).expand(2, -1)
-    with torch.no_grad():
+    with torch.no_grad(), grouped_moe(model):  # routed experts as GroupedMatMul (see moe_patch)
         ov_model = ov.convert_model(_CacheWrapper(model, names),
                                     example_input=(ids, mask, positions, *(example[n] for n in names)),
                                     input=[seq, seq, seq, *cache_inputs])
