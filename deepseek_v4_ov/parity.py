@@ -1,15 +1,17 @@
 """The parity suite: exported IRs (per weight format, per device) against the PyTorch port.
 
-For each format the model is exported once (stateful IR, plus a static-shape prefill IR for NPU), and for
+For each format the model is exported once (stateful IR, plus the static-shape model for NPU), and for
 each device present it is compiled and run on a fixed, seeded prompt set whose lengths cross the sliding
 window and ratio-128 boundaries. Per cell: logit distances, top-1 agreement, top-5 overlap, KL, greedy
 agreement (first token and agreeing prefix), batch-2 vs batch-1, compile/prefill/decode times. A device
 that fails to compile or run is a reported failure, not a crash.
 
-Static shapes (NPU): the NPU plugin wants fixed shapes. The static model here is the prefill-only IR
-reshaped to `[1, static_len]`; prompts are right-padded, which is exact because every path in V4 is causal
-(a later token never changes an earlier logit; tested), and each new token re-runs the fixed-size prompt.
-It is checked on CPU as well, so the NPU path runs on every machine.
+Static shapes (NPU): the NPU plugin wants fixed shapes. The static model (`static_cache.py`) takes one
+token per call (`input_ids [1, 1]`) over fixed-size masked caches sized for `static_length` = longest
+prompt + new tokens (ring-buffer window, entry buffers written by index, fixed indexer top-k, dense MoE),
+so no shape depends on the position; prompts are fed token by token. It is compressed like the other IRs
+and checked on CPU as well (`STATIC-CPU`), so the NPU path runs on every machine. Batch 1 only (no batch-2
+column).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from . import static_cache
 from .metrics import agreeing_prefix, compare_logits, prompt_set
 from .ov_runtime import F32_CONFIG, OVCausalLM
 
@@ -79,26 +82,6 @@ def reference_outputs(model, prompts: list[torch.Tensor], new_tokens: int) -> Re
     return Reference(prompts, logits, tokens)
 
 
-class StaticCausalLM(OVCausalLM):
-    """The prefill-only IR at a fixed `[1, length]` shape; prompts are right-padded (exact: causal)."""
-
-    def __init__(self, model_dir: Path, length: int, device: str, config: dict | None = None) -> None:
-        core = ov.Core()
-        model = core.read_model(Path(model_dir) / "openvino_model.xml")
-        model.reshape({port.get_any_name(): ov.PartialShape([1, length]) for port in model.inputs})
-        self.length = length
-        super().__init__(model, device, config, core)
-
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        seq = input_ids.shape[1]
-        if seq > self.length:
-            raise ValueError(f"prompt of {seq} tokens exceeds the static length {self.length}")
-        padded = np.zeros((1, self.length), dtype=np.int64)
-        padded[:, :seq] = input_ids
-        return super().__call__(padded)[:, :seq]
-
-
 def run_cell(runner: OVCausalLM, ref: Reference, new_tokens: int, cell: Cell) -> None:
     """Fill `cell` from one compiled model."""
     stats, firsts, prefixes = [], [], []
@@ -141,6 +124,20 @@ def device_config(device: str, weight_format: str, cpu_precision: str) -> dict:
     return {}
 
 
+def static_model(model, weight_format: str, max_len: int, workdir: Path, log=print) -> Path:
+    """The static-shape IR of `model` for `max_len` tokens, compressed to `weight_format` (reused if saved)."""
+    from .compression import compress
+
+    path = Path(workdir) / f"{weight_format}-static" / "openvino_model.xml"
+    if path.is_file() and static_cache.max_len_of(ov.Core().read_model(path)) == max_len:
+        return path
+    log(f"[parity] exporting {weight_format} (static shapes, max_len {max_len})")
+    ov_model = compress(static_cache.convert(model, max_len), weight_format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, path, compress_to_fp16=False)
+    return path
+
+
 def run(
     model_dir: Path,
     workdir: Path,
@@ -168,14 +165,12 @@ def run(
 
     cells: list[Cell] = []
     for fmt in weight_formats:
-        irs = {}
-        for kind, prefill_only in (("stateful", False), ("prefill", True)):
-            out = workdir / f"{fmt}-{kind}"
-            if not (out / "openvino_model.xml").is_file():
-                log(f"[parity] exporting {fmt} ({kind})")
-                export(model_dir, out, weight_format=fmt, prefill_only=prefill_only, overwrite=True,
-                       convert_tokenizer=False, log=lambda line: None)
-            irs[kind] = out
+        stateful = workdir / f"{fmt}-stateful"
+        if not (stateful / "openvino_model.xml").is_file():
+            log(f"[parity] exporting {fmt} (stateful)")
+            export(model_dir, stateful, weight_format=fmt, overwrite=True, convert_tokenizer=False,
+                   log=lambda line: None)
+        static = None  # the static-shape model, built when a static cell first needs it
         for device in devices:
             cell = Cell(device, fmt)
             cells.append(cell)
@@ -186,9 +181,10 @@ def run(
             try:
                 cfg = device_config(device, fmt, cpu_precision)
                 if device in ("NPU", STATIC):
-                    runner = StaticCausalLM(irs["prefill"], static_len, base, cfg)
+                    static = static or static_model(model, fmt, static_len, workdir, log)
+                    runner = static_cache.StaticCacheLM(static, base, cfg)
                 else:
-                    runner = OVCausalLM(irs["stateful"], base, cfg)
+                    runner = OVCausalLM(stateful, base, cfg)
                 run_cell(runner, ref, new_tokens, cell)
                 if device not in ("NPU", STATIC):
                     cell.batch2_max_abs = batch2_gap(runner, prompt_ids)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ from .modeling_deepseek_v4 import (
     Block,
     Compressor,
     DeepseekV4ForCausalLM,
+    Indexer,
     MoE,
     Rope,
     apply_rope,
@@ -156,12 +159,12 @@ class StaticDecoder(nn.Module):
 
         compressed = None
         if attn.compressor is not None:
-            entry, completed, window = self.compress_step(attn.compressor, x, pos, rope, state, prefix)
+            entry, completed, window = attn.compressor(x, pos, rope, state, prefix)
             entries = _write(state[prefix + "entries"], entry, window, completed)
             state[prefix + "entries"] = entries
             entries = entries.to(x.dtype)
             if attn.indexer is not None:
-                picks, valid = self.indexer_step(attn, x, qr, pos, rope, state, prefix)
+                picks, valid = attn.indexer(x, qr, pos, rope, state, prefix)
                 padded = torch.cat((entries, entries.new_zeros(batch, 1, attn.head_dim)), 1)
                 picks = torch.where(valid, picks, entries.shape[1])  # invalid picks read the zero row
                 compressed = torch.gather(
@@ -192,10 +195,9 @@ class StaticDecoder(nn.Module):
         out = torch.einsum("bsgi,goi->bsgo", out, wo_a).flatten(2)
         return attn.wo_b(out)
 
-    def indexer_step(self, attn: Attention, x, qr, pos, rope, state, prefix):
+    def indexer_step(self, indexer: Indexer, x, qr, pos, rope, state, prefix):
         """`Indexer.forward` over the fixed key axis: top-k picks `[1, 1, k]` and their validity."""
-        indexer = attn.indexer
-        key, completed, window = self.compress_step(indexer.compressor, x, pos, rope, state, prefix + "index_")
+        key, completed, window = indexer.compressor(x, pos, rope, state, prefix + "index_")
         keys = _write(state[prefix + "index_keys"], key, window, completed)
         state[prefix + "index_keys"] = keys
         scores = indexer.scores(x, qr, pos, rope, keys)  # -inf where not yet visible
@@ -219,14 +221,12 @@ class StaticDecoder(nn.Module):
 
     def block_step(self, block: Block, streams, pos, input_ids, rope, state, prefix) -> torch.Tensor:
         x, post, comb = block.hc_pre(streams, "attn")
-        attn_out = self.attention_step(block.attn, block.attn_norm(x), pos, rope, state, prefix)
+        attn_out = block.attn(block.attn_norm(x), pos, rope, state, prefix)
         streams = block.hc_post(attn_out, streams, post, comb)
         x, post, comb = block.hc_pre(streams, "ffn")
-        return block.hc_post(self.moe_step(block.ffn, block.ffn_norm(x), input_ids), streams, post, comb)
+        return block.hc_post(block.ffn(block.ffn_norm(x), input_ids), streams, post, comb)
 
-    # -- one token ----------------------------------------------------------------------------------------
-    def step(self, input_ids: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits `[1, 1, V]` of the token `input_ids [1, 1]` at position `state["position"]`; updates `state`."""
+    def model_step(self, input_ids: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         m = self.model
         pos = state[POSITION].long().view(1, 1)
         h = m.embed(input_ids)
@@ -235,6 +235,37 @@ class StaticDecoder(nn.Module):
             streams = self.block_step(block, streams, pos, input_ids, m.rope_for(block.ratio), state, f"layers.{i}.")
         state[POSITION] = (pos + 1).view(1).to(torch.int32)
         return m.head(m.head_hidden(streams, m, m.norm)).float()
+
+    @contextmanager
+    def _as_port_forwards(self):
+        """Install the step functions as the `forward` of the port's modules they replace (model, blocks,
+        attention, compressors, indexer, MoE) for the duration, and call them through the modules: the
+        traced graph then names every op after the same module as the port's IR does, which is what
+        `compression` resolves official weight names from (so both IRs get the same precision policy)."""
+        m = self.model
+        swaps = [(m, self.model_step)]
+        for block in m.layers:
+            attn = block.attn
+            swaps += [(block, partial(self.block_step, block)), (attn, partial(self.attention_step, attn)),
+                      (block.ffn, partial(self.moe_step, block.ffn))]
+            if attn.compressor is not None:
+                swaps.append((attn.compressor, partial(self.compress_step, attn.compressor)))
+            if attn.indexer is not None:
+                swaps += [(attn.indexer, partial(self.indexer_step, attn.indexer)),
+                          (attn.indexer.compressor, partial(self.compress_step, attn.indexer.compressor))]
+        for module, fn in swaps:
+            module.forward = fn
+        try:
+            yield
+        finally:
+            for module, _ in swaps:
+                del module.forward
+
+    # -- one token ----------------------------------------------------------------------------------------
+    def step(self, input_ids: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits `[1, 1, V]` of the token `input_ids [1, 1]` at position `state["position"]`; updates `state`."""
+        with self._as_port_forwards():
+            return self.model(input_ids, state)
 
     def forward(self, input_ids: torch.Tensor, *states: torch.Tensor):
         state = dict(zip(self.names, states, strict=True))
@@ -264,6 +295,7 @@ def convert(model: DeepseekV4ForCausalLM, max_len: int, stateful: bool = True) -
     _name_ports(ov_model, ["input_ids", *(INPUT_PREFIX + n for n in decoder.names)],
                 ["logits", *(OUTPUT_PREFIX + n for n in decoder.names)])
     _make_topk_stable(ov_model)
+    _name_folded_weights(ov_model, model)
     if stateful:
         manager = Manager()
         manager.register_pass(MakeStateful({INPUT_PREFIX + n: OUTPUT_PREFIX + n for n in decoder.names}))
@@ -271,6 +303,21 @@ def convert(model: DeepseekV4ForCausalLM, max_len: int, stateful: bool = True) -
         ov_model.validate_nodes_and_infer_types()
     ov_model.set_rt_info(str(max_len), RT_INFO_KEY)
     return ov_model
+
+
+def _name_folded_weights(ov_model: ov.Model, model: DeepseekV4ForCausalLM) -> None:
+    """With static shapes the frontend folds `wo_a.weight.view(groups, -1, in)` into a new Constant named after
+    the view; give it the weight's name back, as the port's (dynamic) IR has it, so that `compression`
+    resolves it to `layers.{i}.attn.wo_a.weight` like every other weight."""
+    for op in ov_model.get_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() != "Constant" or "/aten::view/" not in name or not name.startswith("__module.model.layers."):
+            continue
+        layer = int(name.split(".")[3].split("/")[0])
+        attn = model.layers[layer].attn
+        view = (attn.groups, attn.wo_a.out_features // attn.groups, attn.wo_a.in_features)
+        if name.startswith(f"__module.model.layers.{layer}.attn/") and tuple(op.get_output_shape(0)) == view:
+            op.set_friendly_name(f"self.model.layers.{layer}.attn.wo_a.weight")
 
 
 def max_len_of(ov_model: ov.Model) -> int:
