@@ -220,7 +220,8 @@ def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None
         if path == "":
             return "hc_head_fn"
         m = re.fullmatch(r"((?:layers|mtp)\.\d+\.ffn)(\.experts(\.\d+)?)?", path)
-        if m and (m.group(3) or len(const_shape) == 3):  # one expert, or the routed experts stacked [E, O, I]
+        # one expert, or the routed experts stacked [E, O, I] ([E, O, groups, group size] once group-quantised)
+        if m and (m.group(3) or len(const_shape) >= 3):
             return f"{m.group(1)}.experts.{(m.group(3) or '.0')[1:]}.w1.weight"
         return None
     if op in ("embedding",) and leaf == "embed":
@@ -467,7 +468,9 @@ def precision_report(ov_model: ov.Model) -> dict[str, GroupPrecision]:
             g.weights[t] = g.weights.get(t, 0) + n
             if node.get_output_element_type(0).bitwidth <= 8 and group != OTHER and len(shape) >= 2:
                 # one more axis than the matrix's own ([O, I], or [E, O, I] under a GroupedMatMul): grouped
-                base = 3 if wc.consumer is not None and wc.consumer.get_type_name() == "GroupedMatMul" else 2
+                stacked = wc.consumer is not None and (wc.consumer.get_type_name() == "GroupedMatMul"
+                                                       or "aten::_grouped_mm" in wc.consumer.get_friendly_name())
+                base = 3 if stacked else 2
                 g.group_sizes.add(shape[-1] if len(shape) == base + 1 else -1)
         else:
             g.scales[t] = g.scales.get(t, 0) + n
