@@ -3,7 +3,7 @@ DeepSeek-V4 vs the prefill-only IR re-run per token, side by side in one run.
 
     .venv/bin/python benchmarks/runtimes.py --preset seed --json benchmarks/results/runtimes-seed.json
     .venv/bin/python benchmarks/runtimes.py --preset mid --toy-format bf16 --formats int4 int8 \\
-        --prefill-formats int4 --prefill-new 4 --repeats 2 --streaming
+        --prefill-formats int4 --prefill-hints default --prefill-new 4 --repeats 2   # needs ~35 GB RAM
 
 What runs (each row in its own process, so each has its own peak RSS and none inherits another's memory):
   * a random toy of the preset (`deepseek_v4_ov.toy.write_toy`, seed 0) in `--workdir`, exported once per
