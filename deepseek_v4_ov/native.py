@@ -54,7 +54,7 @@ def _const(codes: np.ndarray, etype: ov.Type, shape: list[int], name: str):
     return c
 
 
-def _decompress(weight, scale, out_shape: tuple[int, int], name: str):
+def _decompress(weight, scale, out_shape: tuple[int, ...], name: str):
     w = ops.convert(weight, ov.Type.f32)
     s = ops.convert(scale, ov.Type.f32)
     mul = ops.multiply(w, s)
@@ -85,18 +85,28 @@ def fp8_subgraph(q: torch.Tensor, s: torch.Tensor, name: str):
     return _decompress(w, sc, (rows, cols), name)
 
 
+_CHUNK = 1 << 22  # elements per step of the f16/bf16 conversion (bounded temporaries)
+
+
 def half_constant(values: np.ndarray, name: str):
-    """A BF16-valued f32 matrix as f16 (when exact) or bf16, with a Convert back to f32."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    f16 = values.astype(np.float16)
-    if np.array_equal(f16.astype(np.float32), values, equal_nan=True):
-        c = ops.constant(f16)
-        c.set_friendly_name(name)
-    else:
-        bits = values.view(np.uint32)
-        if np.any(bits & 0xFFFF):
-            raise ValueError(f"{name}: values are not BF16, cannot store them as bf16 losslessly")
-        c = _const((bits >> 16).astype(np.uint16), ov.Type.bf16, list(values.shape), name)
+    """A BF16-valued f32 matrix as f16 (when every value is exact in f16) or bf16, with a Convert back to
+    f32. Works in row chunks, so the temporaries stay small next to the matrix."""
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    shape = list(np.shape(values))
+    step = _CHUNK
+    exact16 = all(np.array_equal(flat[i:i + step].astype(np.float16).astype(np.float32), flat[i:i + step],
+                                 equal_nan=True) for i in range(0, flat.size, step))
+    if not exact16:
+        for i in range(0, flat.size, step):
+            if np.any(flat[i:i + step].view(np.uint32) & 0xFFFF):
+                raise ValueError(f"{name}: values are not BF16, cannot store them as bf16 losslessly")
+    t = ov.Tensor(ov.Type.f16 if exact16 else ov.Type.bf16, ov.Shape(shape))
+    dst = np.asarray(t.data).view(np.uint16).reshape(-1)
+    for i in range(0, flat.size, step):
+        chunk = flat[i:i + step]
+        dst[i:i + chunk.size] = chunk.astype(np.float16).view(np.uint16) if exact16 else chunk.view(np.uint32) >> 16
+    c = ops.constant(t)
+    c.set_friendly_name(name)
     conv = ops.convert(c, ov.Type.f32)
     conv.get_rt_info()["decompression"] = ""
     return conv
@@ -135,6 +145,7 @@ def nativize(ov_model: ov.Model, source: str | Path | CheckpointReader, verify: 
             _replace(op, sub)
             counts[kind] += 1
     ov_model.validate_nodes_and_infer_types()
+    counts[FP4] += _nativize_stacked(ov_model, reader, verify)
     # BF16 matrices, including those the frontend renamed after a `.float()` (resolved by module path)
     from .compression import weight_constants
 
@@ -151,6 +162,63 @@ def nativize(ov_model: ov.Model, source: str | Path | CheckpointReader, verify: 
 
 
 __all__ = ["NATIVE", "check_native_options", "nativize", "fp4_subgraph", "fp8_subgraph", "half_constant"]
+
+
+_STACKED_RE = re.compile(r"^((?:layers|mtp)\.\d+\.ffn)\.experts\.0\.w1\.weight$")
+
+
+def _nativize_stacked(ov_model: ov.Model, reader: CheckpointReader, verify: bool) -> int:
+    """Routed experts traced as one stacked constant `[E, out, in]` per projection (moe_patch's
+    GroupedMatMul form): identify w1 / w3 / w2 by value (expert 0 against the checkpoint), then replace the
+    constant by f4e2m1 `[E, out, in/32, 32]` + f8e8m0 `[E, out, in/32, 1]` stacked from the checkpoint."""
+    from .compression import weight_constants
+
+    done = 0
+    for wc in weight_constants(ov_model):
+        node = wc.node
+        shape = tuple(node.get_output_partial_shape(0).to_shape())
+        if (wc.part != "weight" or wc.name is None or len(shape) != 3
+                or node.get_output_element_type(0) != ov.Type.f32):
+            continue
+        m = _STACKED_RE.match(wc.name)
+        if not m:
+            continue
+        ffn, experts = m.group(1), shape[0]
+        data = node.get_data()
+        proj = None
+        for cand in ("w1", "w3", "w2"):
+            name = f"{ffn}.experts.0.{cand}.weight"
+            q, s = reader.get(name), reader.get(scale_name(name))
+            if (2 * q.shape[1], q.shape[0]) != (shape[2], shape[1]):
+                continue
+            ref = quant.dequantize_fp4(q, s).numpy()
+            if np.array_equal(ref.view(np.uint32), data[0].view(np.uint32)):
+                proj = cand
+                break
+        if proj is None:
+            raise CheckpointError(f"{reader.folder}: stacked routed-expert constant {node.get_friendly_name()} "
+                                  f"{list(shape)} of {ffn} matches none of w1/w3/w2 of expert 0 exactly")
+        names = [f"{ffn}.experts.{e}.{proj}.weight" for e in range(experts)]
+        qs, ss = [], []
+        for e, name in enumerate(names):
+            q, s = reader.get(name), reader.get(scale_name(name))
+            if verify and e:
+                ref = quant.dequantize_fp4(q, s).numpy()
+                if not np.array_equal(ref.view(np.uint32), data[e].view(np.uint32)):
+                    raise CheckpointError(f"{reader.folder / reader.weight_map[name]}: tensor {name!r}: the traced "
+                                          "weight is not the exact dequantisation of its checkpoint codes")
+            qs.append(q.view(torch.uint8))
+            ss.append(s.view(torch.uint8))
+        rows, cols = shape[1], shape[2]
+        g = quant.FP4_GROUP
+        label = f"self.model.{ffn}.experts.{proj}.weight"
+        w = _const(torch.stack(qs).numpy(), ov.Type.f4e2m1, [experts, rows, cols // g, g], label)
+        sc = _const(torch.stack(ss).numpy(), ov.Type.f8e8m0, [experts, rows, cols // g, 1], f"{label}/scale")
+        del qs, ss, data
+        _replace(node, _decompress(w, sc, shape, label))
+        done += experts
+    ov_model.validate_nodes_and_infer_types()
+    return done
 
 
 def check_native_options(group_size=None, sym=False, ratio=None, backup_precision=None, all_layers=False, awq=False,

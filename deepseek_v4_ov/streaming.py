@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import gc
 import json
+import re
+import types
 import resource
 import shutil
 import time
@@ -96,16 +98,42 @@ class _HeadPiece(nn.Module):
         return m.head(m.norm(y)).float()
 
 
-def _load(module: nn.Module, source, config, prefixes: list[str], strip: str = "") -> None:
-    """Load the checkpoint tensors under `prefixes` into `module` (built on the meta device), FP32."""
+_EXPERT_RE = re.compile(r"(.*\.ffn)\.experts\.(\d+)\.(w[123])\.weight")
+
+
+def _grouped_moe_form():
+    """How `ov_convert.convert` traces the routed experts: moe_patch's grouped form (stacked [E, out, in]
+    weights, GroupedMatMul) when ov_convert uses it, else the port's per-expert loop (None)."""
+    from . import ov_convert
+
+    if not hasattr(ov_convert, "grouped_moe"):
+        return None
+    from . import moe_patch
+
+    return moe_patch
+
+
+def _load(module: nn.Module, source, config, prefixes: list[str], strip: str = "", stacked: dict | None = None
+          ) -> None:
+    """Load the checkpoint tensors under `prefixes` into `module` (built on the meta device), FP32. With
+    `stacked` ({ffn prefix: (w1, w3, w2) [E, out, in] tensors}), routed-expert weights go straight into
+    those stacks (no per-expert copies)."""
     from .official import iter_state_dict
 
     state = {}
     for name, t in iter_state_dict(source, config, prefixes=prefixes):
         if name.startswith("mtp."):
             continue
+        m = _EXPERT_RE.fullmatch(name) if stacked is not None else None
+        if m:
+            stacked[m.group(1)]["w1w3w2".index(m.group(3)) // 2][int(m.group(2))].copy_(t)
+            continue
         state[name.removeprefix(strip)] = t.to(torch.float32) if t.is_floating_point() else t
-    module.load_state_dict(state, strict=True, assign=True)
+    missing, unexpected = module.load_state_dict(state, strict=stacked is None, assign=True)
+    if stacked is not None:
+        bad = [k for k in missing if ".experts." not in k] + list(unexpected)
+        if bad:
+            raise RuntimeError(f"state dict mismatch loading {prefixes}: {bad[:5]}")
 
 
 def _rope(config, ratio: int) -> Rope:
@@ -168,7 +196,18 @@ def convert_block(source, config, index: int) -> ov.Model:
     prefix = f"layers.{index}."
     with torch.device("meta"):
         block = Block(config, ratio, hashed=index < config.num_hash_layers)
-    _load(block, source, config, [prefix], strip=prefix)
+    grouped = _grouped_moe_form()
+    e, hd, inter = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
+    if grouped is not None and hd % 4 == 0 and inter % 4 == 0:
+        # the grouped form, built directly: stacked weights filled from the checkpoint, no per-expert modules
+        stacks = (torch.empty(e, inter, hd), torch.empty(e, inter, hd), torch.empty(e, hd, inter))
+        _load(block, source, config, [prefix], strip=prefix, stacked={f"{prefix}ffn": stacks})
+        moe = block.ffn
+        moe.experts = nn.ModuleList()
+        setattr(moe, grouped._STACK, stacks)
+        moe.forward = types.MethodType(grouped.grouped_forward, moe)
+    else:
+        _load(block, source, config, [prefix], strip=prefix)
     block.eval()
     rope = _rope(config, ratio)
     empty = block.attn.empty_state(prefix, 1, None)
