@@ -43,7 +43,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
                                       "openvino`)")
     p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
-    p.add_argument("output", type=Path, help="OUTPUT folder for the OpenVINO model")
+    p.add_argument("output", type=Path, nargs="?", help="OUTPUT folder for the OpenVINO model")
+    p.add_argument("--dry-run", action="store_true", help="check SRC's whole index (names, dtypes, shapes, scales) "
+                                                          "and print the mapping, projected sizes and peak memory, "
+                                                          "reading no weights")
     p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's "
                                                            "FP4/FP8 codes kept as f4e2m1/f8e4m3 + f8e8m0; default fp32)")
     p.add_argument("--streaming", action="store_true", help="build the IR block by block in bounded memory")
@@ -66,6 +69,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from .exporter import export
 
+    if args.dry_run:
+        from .official import dry_run
+
+        print(dry_run(args.model).format_table())
+        return
+    if args.output is None:
+        raise ValueError("OUTPUT is required (or pass --dry-run)")
     export(args.model, args.output, weight_format=args.weight_format, group_size=args.group_size, sym=args.sym,
            ratio=args.ratio, backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
            group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
