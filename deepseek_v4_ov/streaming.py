@@ -365,6 +365,36 @@ def stitch(pieces: list[Path], xml_out: Path) -> None:
 # ------------------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------------------
+def _trim() -> None:
+    """Give freed heap memory back to the OS (glibc keeps large freed blocks once its dynamic mmap
+    threshold has risen, so without this the resident size ratchets up piece after piece)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Serve every allocation of `nbytes` or more by mmap (returned to the OS on free): glibc's default
+    threshold grows after the first large free, and the heap then keeps each piece's weights."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -381,6 +411,7 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
 
     if prefill_only:
         raise ValueError("--streaming builds the stateful IR; --prefill-only is not supported with it")
+    _fixed_mmap_threshold()
     log = log or (lambda line: print(line, flush=True))
     src, output = Path(src), Path(output)
     is_native = weight_format == NATIVE
@@ -433,7 +464,9 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
             paths.append(path)
             del m
             gc.collect()
-            log(f"      piece {unit}: {time.perf_counter() - start:.1f}s, peak RSS so far {_rss_mb():,.0f} MB")
+            _trim()
+            log(f"      piece {unit}: {time.perf_counter() - start:.1f}s, peak RSS so far {_rss_mb():,.0f} MB, "
+                f"now {_current_rss_mb():,.0f} MB")
         times["convert+compress"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         stitch(paths, tmp / IR_XML)
