@@ -184,6 +184,19 @@ def output_config(src: Path, use_cache: bool) -> dict[str, Any]:
     return raw
 
 
+def resolve_options(weight_format: str, group_size: int | None, sym: bool, ratio: float | None,
+                    backup_precision: str | None, all_layers: bool, awq: bool,
+                    group_size_fallback: str | None) -> CompressionOptions:
+    """The NNCF options of an export; `native` takes none of them and compresses nothing (its codes come
+    from the checkpoint), so it is checked for stray options and maps to fp32 here."""
+    from .native import NATIVE, check_native_options
+
+    if weight_format == NATIVE:
+        check_native_options(group_size, sym, ratio, backup_precision, all_layers, awq, group_size_fallback)
+    return CompressionOptions("fp32" if weight_format == NATIVE else weight_format, group_size, sym, ratio,
+                              backup_precision, all_layers, awq, group_size_fallback)
+
+
 def export(src: str | Path, output: str | Path, weight_format: str = "fp32", group_size: int | None = None,
            sym: bool = False, ratio: float | None = None, backup_precision: str | None = None,
            all_layers: bool = False, awq: bool = False, group_size_fallback: str | None = None,
@@ -195,7 +208,7 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
     block by block in bounded memory (`streaming.py`)."""
     from . import ov_convert
     from .compression import compress_with
-    from .native import NATIVE, check_native_options, nativize
+    from .native import NATIVE, nativize
 
     if streaming:
         from .streaming import export_streaming
@@ -207,10 +220,8 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
     log = log or (lambda line: print(line, flush=True))
     src, output = Path(src), Path(output)
     is_native = weight_format == NATIVE
-    if is_native:
-        check_native_options(group_size, sym, ratio, backup_precision, all_layers, awq, group_size_fallback)
-    opts = CompressionOptions("fp32" if is_native else weight_format, group_size, sym, ratio, backup_precision,
-                              all_layers, awq, group_size_fallback)
+    opts = resolve_options(weight_format, group_size, sym, ratio, backup_precision, all_layers, awq,
+                           group_size_fallback)
     times: dict[str, float] = {}
     kind = "prefill-only" if prefill_only else "stateful"
 

@@ -33,7 +33,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import torch
@@ -414,8 +413,8 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
                      log: Callable[[str], None] | None = None, keep_pieces: bool = False):
     """`exporter.export` built piece by piece (stateful IR only); returns an `exporter.ExportResult`."""
     from . import exporter
-    from .compression import CompressionOptions, compress_with, precision_report
-    from .native import NATIVE, check_native_options, nativize
+    from .compression import compress_with, precision_report
+    from .native import NATIVE, nativize
     from .ov_convert import BUNDLED_FILES
 
     if prefill_only:
@@ -424,10 +423,8 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
     log = log or (lambda line: print(line, flush=True))
     src, output = Path(src), Path(output)
     is_native = weight_format == NATIVE
-    if is_native:
-        check_native_options(group_size, sym, ratio, backup_precision, all_layers, awq, group_size_fallback)
-    opts = CompressionOptions("fp32" if is_native else weight_format, group_size, sym, ratio, backup_precision,
-                              all_layers, awq, group_size_fallback)
+    opts = exporter.resolve_options(weight_format, group_size, sym, ratio, backup_precision, all_layers, awq,
+                                    group_size_fallback)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     config, fmt = exporter.validate(src, output, opts, overwrite, convert_tokenizer)
