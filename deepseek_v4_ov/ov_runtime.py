@@ -28,15 +28,21 @@ class Timings:
         return 1e3 * float(np.mean(self.decode_s)) if self.decode_s else float("nan")
 
 
+def read_ir(model: ov.Model | str | Path, core: ov.Core) -> ov.Model:
+    """`model` itself, or the IR read from a file or an exported folder (its openvino_model.xml)."""
+    if isinstance(model, ov.Model):
+        return model
+    path = Path(model)
+    return core.read_model(path / "openvino_model.xml" if path.is_dir() else path)
+
+
 class OVCausalLM:
     """A compiled IR (stateful or prefill-only) with the calls the parity suite and benchmarks need."""
 
     def __init__(self, model: ov.Model | str | Path, device: str = "CPU", config: dict | None = None,
                  core: ov.Core | None = None) -> None:
         core = core or ov.Core()
-        if not isinstance(model, ov.Model):
-            path = Path(model)
-            model = core.read_model(path / "openvino_model.xml" if path.is_dir() else path)
+        model = read_ir(model, core)
         self.inputs = {port.get_any_name() for port in model.inputs}
         self.stateful = bool(model.get_sinks())
         self.timings = Timings()

@@ -60,7 +60,7 @@ from .modeling_deepseek_v4 import (
     visible_entries,
 )
 from .ov_convert import INPUT_PREFIX, OUTPUT_PREFIX, _make_topk_stable, _name_ports
-from .ov_runtime import OVCausalLM
+from .ov_runtime import OVCausalLM, read_ir
 
 POSITION = "position"
 RT_INFO_KEY = ["deepseek_v4_static", "max_len"]
@@ -332,9 +332,7 @@ class StaticCacheLM(OVCausalLM):
     def __init__(self, model: ov.Model | str | Path, device: str = "CPU", config: dict | None = None,
                  core: ov.Core | None = None) -> None:
         core = core or ov.Core()
-        if not isinstance(model, ov.Model):
-            path = Path(model)
-            model = core.read_model(path / "openvino_model.xml" if path.is_dir() else path)
+        model = read_ir(model, core)
         self.max_len = max_len_of(model)
         super().__init__(model, device, config, core)
 
