@@ -129,7 +129,7 @@ def ensure_toy(workdir: Path, preset: str, fmt: str, seed: int = 0) -> Path:
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from pathlib import Path\n"
             "from toy.presets import PRESETS\n"
-            "from deepseek_v4_ov.toy import write_toy\n"
+            "from deepseek_v4_ov.checkpoint.toy import write_toy\n"
             "write_toy(Path(%r), PRESETS[%r], %d, fmt=%r, max_shard_bytes=2 << 30, overwrite=True)\n"
             ) % (str(ROOT), str(folder), preset, seed, fmt)
     rc, wall, rss, out = run_child([python_main(), "-c", code])
@@ -141,7 +141,7 @@ def ensure_toy(workdir: Path, preset: str, fmt: str, seed: int = 0) -> Path:
 
 EXPORT_CODE = """import json, sys, time, resource
 sys.path.insert(0, {root!r})
-from deepseek_v4_ov.exporter import export
+from deepseek_v4_ov.export.pipeline import export
 t = time.perf_counter()
 r = export({src!r}, {out!r}, weight_format={fmt!r}, prefill_only={prefill_only!r}, overwrite=True,
            streaming={streaming!r}, convert_tokenizer=False)

@@ -88,7 +88,7 @@ def _routed(wc, n_experts: int) -> bool:
 def bytes_per_token(ir: Path) -> dict[str, Any]:
     import openvino as ov
 
-    from deepseek_v4_ov.compression import _nbytes, weight_constants
+    from deepseek_v4_ov.compress.policy import _nbytes, weight_constants
 
     model = ov.Core().read_model(str(ir / "openvino_model.xml"))
     cfg = json.loads((ir / "config.json").read_text())

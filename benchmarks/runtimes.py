@@ -6,7 +6,7 @@ DeepSeek-V4 vs the prefill-only IR re-run per token, side by side in one run.
         --prefill-formats int4 --prefill-hints default --prefill-new 4 --repeats 2   # needs ~35 GB RAM
 
 What runs (each row in its own process, so each has its own peak RSS and none inherits another's memory):
-  * a random toy of the preset (`deepseek_v4_ov.toy.write_toy`, seed 0) in `--workdir`, exported once per
+  * a random toy of the preset (`deepseek_v4_ov.checkpoint.toy.write_toy`, seed 0) in `--workdir`, exported once per
     format (`exporter.export`, stateful and prefill-only); existing exports there are reused unless
     `--fresh`;
   * `PyTorch port`: `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True, dtype=float32)`,
@@ -83,7 +83,7 @@ def worker_port(args) -> dict[str, Any]:
 def worker_ov(args) -> dict[str, Any]:
     import openvino as ov
 
-    from deepseek_v4_ov.ov_runtime import F32_CONFIG, OVCausalLM, Timings
+    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM, Timings
 
     config = dict(F32_CONFIG) if args.hint == "f32" else {}
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]

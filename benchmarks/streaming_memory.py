@@ -5,7 +5,7 @@ V4-Flash itself.
     .venv/bin/python benchmarks/streaming_memory.py --layers 2 4 8 --workdir /tmp/dsv4-mem [--compile-check]
 
 Each checkpoint is written unit by unit (embed, each layer, head) so that writing it needs no more memory
-than exporting it; each export runs in its own process (`deepseek_v4_ov.streaming.export_streaming`) and
+than exporting it; each export runs in its own process (`deepseek_v4_ov.convert.pieces.export_streaming`) and
 its peak RSS is that process's ru_maxrss (os.wait4). `--compile-check` also compiles the exported IR on
 CPU (f32) in a fresh process and reports RSS after compile and after one inference, next to the IR size
 and the size of the same weights expanded to f32.
@@ -58,10 +58,10 @@ def write_synthetic(folder: Path, preset: dict, seed: int = 0) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from deepseek_v4_ov.checkpoint import CONFIG_NAME, INDEX_NAME
-    from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
-    from deepseek_v4_ov.official import encode_release, logical_tensors, unit_of
-    from deepseek_v4_ov.toy import official_config_dict
+    from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, INDEX_NAME
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+    from deepseek_v4_ov.checkpoint.release import encode_release, logical_tensors, unit_of
+    from deepseek_v4_ov.checkpoint.toy import official_config_dict
 
     config = DeepseekV4Config(**preset)
     tmp = folder.with_name(folder.name + ".partial")
@@ -104,7 +104,7 @@ def run_measured(code: str) -> tuple[float, float, str]:
 
 EXPORT = """
 import sys; sys.path.insert(0, {root!r})
-from deepseek_v4_ov.streaming import export_streaming
+from deepseek_v4_ov.convert.pieces import export_streaming
 export_streaming({src!r}, {out!r}, weight_format={fmt!r}, overwrite=True, convert_tokenizer=False)
 """
 
@@ -132,14 +132,14 @@ print('RESULT', r0, r1, r2, kinds)
 
 
 def expanded_f32_bytes(config) -> int:
-    from deepseek_v4_ov.official import logical_tensors
+    from deepseek_v4_ov.checkpoint.release import logical_tensors
 
     return sum(4 * prod(s) for n, s in logical_tensors(config).items() if not n.startswith("mtp.") and
                not n.endswith("tid2eid"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     # scales with the largest piece's FP32 size, not with depth.
     mid, flash = DeepseekV4Config(**mid_preset(2)), None
     try:
-        from deepseek_v4_ov.official import logical_tensors, unit_of
+        from deepseek_v4_ov.checkpoint.release import logical_tensors, unit_of
 
         def largest_piece(cfg) -> int:
             units: dict[str, int] = {}
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _flash_config():
-    from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
     preset = mid_preset(2)
     ratios = [0, 0] + [(4, 128)[i % 2] for i in range(41)]

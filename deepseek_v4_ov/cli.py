@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .toy import FORMATS
+from deepseek_v4_ov.checkpoint.toy import FORMATS
 
 
 def add_toy(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
 def run_toy(args: argparse.Namespace) -> None:
     from toy.presets import PRESETS
 
-    from .toy import write_toy
+    from deepseek_v4_ov.checkpoint.toy import write_toy
 
     start = time.perf_counter()
     print(f"writing toy '{args.preset}' (seed {args.seed}, {args.format}) to {args.output}")
@@ -38,7 +38,7 @@ def run_toy(args: argparse.Namespace) -> None:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from .compression import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
+    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
                                       "openvino`)")
@@ -67,10 +67,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from .exporter import export
+    from deepseek_v4_ov.export.pipeline import export
 
     if args.dry_run:
-        from .official import dry_run
+        from deepseek_v4_ov.checkpoint.release import dry_run
 
         print(dry_run(args.model).format_table())
         return
@@ -98,7 +98,7 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
 
 
 def run_parity(args: argparse.Namespace) -> None:
-    from . import parity
+    from deepseek_v4_ov.eval import parity
 
     start = time.perf_counter()
     devices = args.devices.split(",") if args.devices else None

@@ -31,10 +31,10 @@ def main(workdir: Path) -> None:
 
     from toy.presets import PRESETS
 
-    from .exporter import export
-    from .metrics import agreeing_prefix
-    from .ov_runtime import F32_CONFIG
-    from .toy import write_toy
+    from deepseek_v4_ov.export.pipeline import export
+    from deepseek_v4_ov.eval.metrics import agreeing_prefix
+    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
+    from deepseek_v4_ov.checkpoint.toy import write_toy
 
     workdir = Path(workdir)
     folder = workdir / "seed"

@@ -1,2 +1,2 @@
 """`python -m export --model SRC [options] OUTPUT`: the `deepseek-v4-ov export` command (see
-`deepseek_v4_ov.exporter`)."""
+`deepseek_v4_ov.export.pipeline`)."""

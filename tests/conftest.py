@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from deepseek_v4_ov.toy import write_toy  # noqa: E402
+from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
 from toy.presets import PRESETS  # noqa: E402
 
 TOY_SEED = 0

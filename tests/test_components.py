@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import prompt
-from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
-from deepseek_v4_ov.modeling_deepseek_v4 import Expert, Gate, MoE, rope_inv_freq, sinkhorn, visible_entries
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.model.modeling_deepseek_v4 import Expert, Gate, MoE, rope_inv_freq, sinkhorn, visible_entries
 
 
 def test_sinkhorn_is_doubly_stochastic():

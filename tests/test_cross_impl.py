@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import greedy, prompt, run_reference
-from deepseek_v4_ov.diagnostics import decision_margins
+from deepseek_v4_ov.eval.diagnostics import decision_margins
 
 LOGIT_TOL = 1e-4
 MIN_DECISION_MARGIN = 1e-6  # ~10x the FP32 rounding of scores of magnitude ~1 after a few layers

@@ -16,9 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, prompt
-from deepseek_v4_ov import cli, exporter, ov_convert
-from deepseek_v4_ov.checkpoint import INDEX_NAME, read_config
-from deepseek_v4_ov.compression import (
+from deepseek_v4_ov import cli
+from deepseek_v4_ov.export import pipeline as exporter
+from deepseek_v4_ov.convert import trace as ov_convert
+from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, read_config
+from deepseek_v4_ov.compress.policy import (
     CompressionOptions,
     compress,
     precision_report,
@@ -26,8 +28,8 @@ from deepseek_v4_ov.compression import (
     theoretical_bytes,
     weight_constants,
 )
-from deepseek_v4_ov.official import group_of, logical_tensors
-from deepseek_v4_ov.toy import write_toy
+from deepseek_v4_ov.checkpoint.release import group_of, logical_tensors
+from deepseek_v4_ov.checkpoint.toy import write_toy
 from toy.presets import PRESETS
 
 PUBLIC_MB = {"fp32": 6.33, "int8": 3.03, "int4": 2.71}  # the public seed toy's IR sizes (.bin + .xml)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import greedy, prompt
-from deepseek_v4_ov.exporter import export
+from deepseek_v4_ov.export.pipeline import export
 
 NEW_TOKENS = 24
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import prompt
-from deepseek_v4_ov.checkpoint import CheckpointError, CheckpointReader, read_config
-from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.checkpoint.layout import CheckpointError, CheckpointReader, read_config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
 LOAD_SCRIPT = """
 import sys, numpy as np, torch
@@ -99,7 +99,7 @@ def test_misshaped_tensor_is_named(toy, tmp_path):
 
 
 def test_toy_is_deterministic_and_not_degenerate(toy, tmp_path):
-    from deepseek_v4_ov.toy import write_toy
+    from deepseek_v4_ov.checkpoint.toy import write_toy
     from toy.presets import PRESETS
 
     folder, model = toy("full")

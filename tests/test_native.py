@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conftest import greedy, prompt  # noqa: E402
-from deepseek_v4_ov import cli, native, quant  # noqa: E402
-from deepseek_v4_ov.checkpoint import CheckpointReader  # noqa: E402
-from deepseek_v4_ov.compression import precision_report  # noqa: E402
-from deepseek_v4_ov.official import BF16, FP4, FP8, check_folder, logical_tensors, scale_name, storage_class  # noqa: E402
-from deepseek_v4_ov.ov_runtime import F32_CONFIG, OVCausalLM  # noqa: E402
-from deepseek_v4_ov.toy import write_toy  # noqa: E402
+from deepseek_v4_ov import cli  # noqa: E402
+from deepseek_v4_ov.compress import native  # noqa: E402
+from deepseek_v4_ov.checkpoint import quant  # noqa: E402
+from deepseek_v4_ov.checkpoint.layout import CheckpointReader  # noqa: E402
+from deepseek_v4_ov.compress.policy import precision_report  # noqa: E402
+from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, check_folder, logical_tensors, scale_name, storage_class  # noqa: E402
+from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
+from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
 from toy.presets import PRESETS  # noqa: E402
 
 # Measured on `full` (FP32 inference on CPU): native IR vs the port, max |logit difference| 3.6e-6 with

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepseek_v4_ov.checkpoint import INDEX_NAME, CheckpointError, CheckpointReader, read_config
-from deepseek_v4_ov.configuration_deepseek_v4 import DeepseekV4Config
-from deepseek_v4_ov.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-from deepseek_v4_ov.official import (
+from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, CheckpointError, CheckpointReader, read_config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
+from deepseek_v4_ov.checkpoint.release import (
     DTYPE_BYTES,
     dry_run,
     expected_tensors,
@@ -22,7 +22,7 @@ from deepseek_v4_ov.official import (
     load_state_dict,
     logical_tensors,
 )
-from deepseek_v4_ov.toy import official_config_dict, write_toy
+from deepseek_v4_ov.checkpoint.toy import official_config_dict, write_toy
 from toy.presets import PRESETS
 
 

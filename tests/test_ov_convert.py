@@ -1,4 +1,4 @@
-"""The OpenVINO IR (deepseek_v4_ov.ov_convert) against the PyTorch port, in FP32.
+"""The OpenVINO IR (deepseek_v4_ov.convert.trace) against the PyTorch port, in FP32.
 
 Tolerance: |logit difference| <= 1e-4 on logits of magnitude ~5 (both toys). Both sides compute in FP32 and
 differ only in summation order (matmuls, softmax over at most ~330 keys, 4-6 layers); measured differences
@@ -14,7 +14,7 @@ import openvino as ov
 import pytest
 import torch
 
-from deepseek_v4_ov import ov_convert
+from deepseek_v4_ov.convert import trace as ov_convert
 from conftest import prompt
 
 TOL = 1e-4

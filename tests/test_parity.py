@@ -22,7 +22,7 @@ import openvino as ov
 import pytest
 import torch
 
-from deepseek_v4_ov import parity
+from deepseek_v4_ov.eval import parity
 
 FORMATS = ("fp32", "int8", "int4")
 NEW_TOKENS = 16

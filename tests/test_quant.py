@@ -1,4 +1,4 @@
-"""Bit-exact tests of deepseek_v4_ov.quant against references written independently here: the FP8 and FP4
+"""Bit-exact tests of deepseek_v4_ov.checkpoint.quant against references written independently here: the FP8 and FP4
 value tables come from the bit layouts by formula, E8M0 from math.ldexp, products in Python/FP64."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from deepseek_v4_ov import quant
+from deepseek_v4_ov.checkpoint import quant
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The NPU-style static-shape model (`deepseek_v4_ov.static_cache`): one token per call over fixed-size
+"""The NPU-style static-shape model (`deepseek_v4_ov.convert.static`): one token per call over fixed-size
 masked caches, against the port's full prefill and greedy decode on the `seed` toy (FP32).
 
 Tolerance 1e-4 on logits: the same FP32 arithmetic, summed in another order (ring-buffer slots, masked
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import greedy, prompt
-from deepseek_v4_ov import static_cache
-from deepseek_v4_ov.ov_runtime import F32_CONFIG
+from deepseek_v4_ov.convert import static as static_cache
+from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
 
 PROMPT, NEW = 300, 32
 MAX_LEN = PROMPT + NEW

@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import prompt  # noqa: E402
 from deepseek_v4_ov import cli  # noqa: E402
-from deepseek_v4_ov.ov_runtime import F32_CONFIG, OVCausalLM  # noqa: E402
-from deepseek_v4_ov.toy import write_toy  # noqa: E402
+from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
+from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
 from toy.presets import PRESETS  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def _wide(layers: int) -> dict:
 EXPORT = """
 import resource, sys
 sys.path.insert(0, {root!r})
-from deepseek_v4_ov.exporter import export
+from deepseek_v4_ov.export.pipeline import export
 export({src!r}, {out!r}, weight_format={fmt!r}, streaming={streaming}, convert_tokenizer=False, log=lambda l: None)
 print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """

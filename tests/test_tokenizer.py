@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepseek_v4_ov.tokenizer import (
+from deepseek_v4_ov.checkpoint.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
     OV_DETOKENIZER_XML,

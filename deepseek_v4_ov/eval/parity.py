@@ -25,9 +25,9 @@ import numpy as np
 import openvino as ov
 import torch
 
-from . import static_cache
-from .metrics import agreeing_prefix, compare_logits, prompt_set
-from .ov_runtime import F32_CONFIG, OVCausalLM
+from deepseek_v4_ov.convert import static as static_cache
+from deepseek_v4_ov.eval.metrics import agreeing_prefix, compare_logits, prompt_set
+from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
 
 STATIC = "STATIC-CPU"
 """Pseudo-device: the static-shape (NPU-style) model compiled on CPU."""
@@ -126,7 +126,7 @@ def device_config(device: str, weight_format: str, cpu_precision: str) -> dict:
 
 def static_model(model, weight_format: str, max_len: int, workdir: Path, log=print) -> Path:
     """The static-shape IR of `model` for `max_len` tokens, compressed to `weight_format` (reused if saved)."""
-    from .compression import compress
+    from deepseek_v4_ov.compress.policy import compress
 
     path = Path(workdir) / f"{weight_format}-static" / "openvino_model.xml"
     if path.is_file() and static_cache.max_len_of(ov.Core().read_model(path)) == max_len:
@@ -149,8 +149,8 @@ def run(
     log=print,
 ) -> tuple[list[Cell], dict]:
     """Export, run and compare; return the cells and run metadata."""
-    from .exporter import export, load_model
-    from .checkpoint import read_config
+    from deepseek_v4_ov.export.pipeline import export, load_model
+    from deepseek_v4_ov.checkpoint.layout import read_config
 
     model_dir, workdir = Path(model_dir), Path(workdir)
     config = read_config(model_dir)
@@ -292,7 +292,7 @@ def layer_drift(model, weight_format: str, prompts: list[torch.Tensor]) -> list[
 
     The IR is a debug export (prefill-only, every layer's streams as outputs) compressed like the real one.
     """
-    from .compression import compress
+    from deepseek_v4_ov.compress.policy import compress
 
     n = min(p.shape[1] for p in prompts[:2])
     rows = torch.cat([p[:, :n] for p in prompts[:2]], 0)

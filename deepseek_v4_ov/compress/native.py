@@ -33,9 +33,9 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 
-from . import quant
-from .checkpoint import CheckpointError, CheckpointReader
-from .official import BF16, FP4, FP8, scale_name, storage_class
+from deepseek_v4_ov.checkpoint import quant
+from deepseek_v4_ov.checkpoint.layout import CheckpointError, CheckpointReader
+from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, scale_name, storage_class
 
 NATIVE = "native"
 _NAME_RE = re.compile(r"^self\.(?:model\.)?(.+)$")
@@ -147,7 +147,7 @@ def nativize(ov_model: ov.Model, source: str | Path | CheckpointReader, verify: 
     ov_model.validate_nodes_and_infer_types()
     counts[FP4] += _nativize_stacked(ov_model, reader, verify)
     # BF16 matrices, including those the frontend renamed after a `.float()` (resolved by module path)
-    from .compression import weight_constants
+    from deepseek_v4_ov.compress.policy import weight_constants
 
     for wc in weight_constants(ov_model):
         node = wc.node
@@ -171,7 +171,7 @@ def _nativize_stacked(ov_model: ov.Model, reader: CheckpointReader, verify: bool
     """Routed experts traced as one stacked constant `[E, out, in]` per projection (moe_patch's
     GroupedMatMul form): identify w1 / w3 / w2 by value (expert 0 against the checkpoint), then replace the
     constant by f4e2m1 `[E, out, in/32, 32]` + f8e8m0 `[E, out, in/32, 1]` stacked from the checkpoint."""
-    from .compression import weight_constants
+    from deepseek_v4_ov.compress.policy import weight_constants
 
     done = 0
     for wc in weight_constants(ov_model):

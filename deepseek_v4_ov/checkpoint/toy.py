@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG_NAME, atomic_output_dir, write_shards
-from .configuration_deepseek_v4 import DeepseekV4Config
-from .modeling_deepseek_v4 import DeepseekV4ForCausalLM
-from .official import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, decode_release, encode_release, storage_class
-from .tokenizer import write_toy_tokenizer
+from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
+from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, decode_release, encode_release, storage_class
+from deepseek_v4_ov.checkpoint.tokenizer import write_toy_tokenizer
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "model"  # the bundled pair
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_deepseek_v4.DeepseekV4Config",

@@ -38,9 +38,9 @@ import openvino.opset13 as ops
 import torch
 from torch import nn
 
-from .checkpoint import CONFIG_NAME, CheckpointReader, atomic_output_dir
-from .configuration_deepseek_v4 import SLIDING
-from .modeling_deepseek_v4 import Block, HcHead, RMSNorm, Rope, linear
+from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, CheckpointReader, atomic_output_dir
+from deepseek_v4_ov.model.configuration_deepseek_v4 import SLIDING
+from deepseek_v4_ov.model.modeling_deepseek_v4 import Block, HcHead, RMSNorm, Rope, linear
 
 IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
 LINKS = ("streams", "positions")  # piece outputs that later pieces read as Parameters of the same name
@@ -103,11 +103,11 @@ _EXPERT_RE = re.compile(r"(.*\.ffn)\.experts\.(\d+)\.(w[123])\.weight")
 def _grouped_moe_form():
     """How `ov_convert.convert` traces the routed experts: moe_patch's grouped form (stacked [E, out, in]
     weights, GroupedMatMul) when ov_convert uses it, else the port's per-expert loop (None)."""
-    from . import ov_convert
+    from deepseek_v4_ov.convert import trace as ov_convert
 
     if not hasattr(ov_convert, "grouped_moe"):
         return None
-    from . import moe_patch
+    from deepseek_v4_ov.convert import moe_patch
 
     return moe_patch
 
@@ -117,7 +117,7 @@ def _load(module: nn.Module, source, config, prefixes: list[str], strip: str = "
     """Load the checkpoint tensors under `prefixes` into `module` (built on the meta device), FP32. With
     `stacked` ({ffn prefix: (w1, w3, w2) [E, out, in] tensors}), routed-expert weights go straight into
     those stacks (no per-expert copies)."""
-    from .official import iter_state_dict
+    from deepseek_v4_ov.checkpoint.release import iter_state_dict
 
     state = {}
     for name, t in iter_state_dict(source, config, prefixes=prefixes):
@@ -143,7 +143,7 @@ def _rope(config, ratio: int) -> Rope:
 
 def _chain_guard(ov_model: ov.Model) -> None:
     """Turn the piece's `state_init_guard` output into guard_in + own guard, guard_in a new scalar input."""
-    from .ov_convert import GUARD_NAME
+    from deepseek_v4_ov.convert.trace import GUARD_NAME
 
     (res,) = [r for r in ov_model.get_results() if GUARD_NAME in r.input_value(0).get_names()]
     local = res.input_value(0)
@@ -168,7 +168,7 @@ def _cache_spec(empty: torch.Tensor, name: str):
 
 
 def convert_embed(source, config) -> ov.Model:
-    from .ov_convert import INPUT_PREFIX, OUTPUT_PREFIX, _name_ports, make_stateful
+    from deepseek_v4_ov.convert.trace import INPUT_PREFIX, OUTPUT_PREFIX, _name_ports, make_stateful
 
     with torch.device("meta"):
         piece = _EmbedPiece(config)
@@ -189,7 +189,7 @@ def convert_embed(source, config) -> ov.Model:
 
 
 def convert_block(source, config, index: int) -> ov.Model:
-    from .ov_convert import INPUT_PREFIX, OUTPUT_PREFIX, _make_topk_stable, _name_ports, make_stateful
+    from deepseek_v4_ov.convert.trace import INPUT_PREFIX, OUTPUT_PREFIX, _make_topk_stable, _name_ports, make_stateful
 
     ratio = config.layer_ratios[index]
     prefix = f"layers.{index}."
@@ -237,7 +237,7 @@ def convert_block(source, config, index: int) -> ov.Model:
 
 
 def convert_head(source, config) -> ov.Model:
-    from .ov_convert import _name_ports
+    from deepseek_v4_ov.convert.trace import _name_ports
 
     with torch.device("meta"):
         piece = _HeadPiece(config)
@@ -265,7 +265,7 @@ def _port_names(layer: ET.Element, port_id: str) -> set[str]:
 def stitch(pieces: list[Path], xml_out: Path) -> None:
     """Merge piece IRs (in order) into one IR at `xml_out` (+ .bin): see the module docstring. The weights
     are copied file to file, never loaded."""
-    from .ov_convert import GUARD_NAME
+    from deepseek_v4_ov.convert.trace import GUARD_NAME
 
     links = (*LINKS, GUARD_NAME)
     bin_out = xml_out.with_suffix(".bin")
@@ -412,10 +412,10 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
                      prefill_only: bool = False, overwrite: bool = False, convert_tokenizer: bool = True,
                      log: Callable[[str], None] | None = None, keep_pieces: bool = False):
     """`exporter.export` built piece by piece (stateful IR only); returns an `exporter.ExportResult`."""
-    from . import exporter
-    from .compression import compress_with, precision_report
-    from .native import NATIVE, nativize
-    from .ov_convert import BUNDLED_FILES
+    from deepseek_v4_ov.export import pipeline as exporter
+    from deepseek_v4_ov.compress.policy import compress_with, precision_report
+    from deepseek_v4_ov.compress.native import NATIVE, nativize
+    from deepseek_v4_ov.convert.trace import BUNDLED_FILES
 
     if prefill_only:
         raise ValueError("--streaming builds the stateful IR; --prefill-only is not supported with it")
@@ -429,7 +429,7 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
     t0 = time.perf_counter()
     config, fmt = exporter.validate(src, output, opts, overwrite, convert_tokenizer)
     if is_native and fmt != "fp8":
-        from .checkpoint import CheckpointError
+        from deepseek_v4_ov.checkpoint.layout import CheckpointError
 
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
                               f"with E8M0 scales); this one is {fmt}")
@@ -480,7 +480,7 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
             shutil.copytree(work, Path(str(output) + ".pieces"), dirs_exist_ok=True)
         shutil.rmtree(work)
         (tmp / CONFIG_NAME).write_text(json.dumps(exporter.output_config(src, True), indent=2) + "\n")
-        package = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parents[1] / "model"
         for name in BUNDLED_FILES:
             shutil.copyfile(package / name, tmp / name)
         if (src / exporter.GENERATION_CONFIG).is_file():
@@ -490,7 +490,7 @@ def export_streaming(src, output, weight_format: str = "fp32", group_size=None, 
                      "streaming": True, "source": {"path": str(src), "storage_format": fmt}}
         (tmp / exporter.OV_CONFIG_NAME).write_text(json.dumps(ov_config, indent=2) + "\n")
         if convert_tokenizer and exporter._has_tokenizer(src):
-            from .tokenizer import convert_tokenizer as to_ov_tokenizer
+            from deepseek_v4_ov.checkpoint.tokenizer import convert_tokenizer as to_ov_tokenizer
 
             with exporter._tokenizer_only(src) as tok:
                 for name in exporter.TOKENIZER_FILES:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .modeling_deepseek_v4 import DeepseekV4Model, Gate, Indexer
+from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4Model, Gate, Indexer
 
 
 @dataclass

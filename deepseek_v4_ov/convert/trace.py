@@ -32,8 +32,8 @@ import torch
 from openvino.passes import MakeStateful, Manager
 from torch import nn
 
-from .modeling_deepseek_v4 import DeepseekV4Cache, DeepseekV4ForCausalLM
-from .moe_patch import grouped_moe
+from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4Cache, DeepseekV4ForCausalLM
+from deepseek_v4_ov.convert.moe_patch import grouped_moe
 
 IR_NAME = "openvino_model.xml"
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
@@ -217,7 +217,7 @@ def save(ov_model: ov.Model, model: DeepseekV4ForCausalLM, folder: str | Path,
     config["auto_map"] = AUTO_MAP
     config["use_cache"] = bool(ov_model.get_sinks())
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1] / "model"
     for name in BUNDLED_FILES:
         shutil.copyfile(package / name, folder / name)
     if source is not None and (source / "generation_config.json").is_file():

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_deepseek_v4 import MoE
+from deepseek_v4_ov.model.modeling_deepseek_v4 import MoE
 
 _STACK = "_ov_grouped_experts"
 

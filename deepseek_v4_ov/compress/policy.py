@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from .official import BF16, F32, FP4, FP8, I64, group_of, storage_class
+from deepseek_v4_ov.checkpoint.release import BF16, F32, FP4, FP8, I64, group_of, storage_class
 
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
@@ -410,7 +410,7 @@ def _bits_per_element(target: str, opts: CompressionOptions, in_features: int) -
 def theoretical_bytes(config, opts: CompressionOptions, include_mtp: bool = False) -> dict[str, float]:
     """Bytes per tensor group of the weights alone under the policy (what `.bin` would hold with no
     graph constants): 2-D weights by their target precision, vectors f32, I64 tables 8 bytes."""
-    from .official import logical_tensors
+    from deepseek_v4_ov.checkpoint.release import logical_tensors
 
     out: dict[str, float] = {}
     for name, shape in logical_tensors(config).items():

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from . import quant
-from .checkpoint import CONFIG_NAME, INDEX_NAME, CheckpointError, CheckpointReader, read_config
-from .configuration_deepseek_v4 import CSA, DeepseekV4Config
+from deepseek_v4_ov.checkpoint import quant
+from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, INDEX_NAME, CheckpointError, CheckpointReader, read_config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, DeepseekV4Config
 
 # Storage classes of one logical (port) tensor.
 FP8, FP4, BF16, F32, I64 = "fp8", "fp4", "bf16", "f32", "i64"

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from openvino.passes import MakeStateful, Manager
 from torch import nn
 
-from .configuration_deepseek_v4 import CSA
-from .modeling_deepseek_v4 import (
+from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA
+from deepseek_v4_ov.model.modeling_deepseek_v4 import (
     NEG_INF,
     Attention,
     Block,
@@ -59,8 +59,8 @@ from .modeling_deepseek_v4 import (
     stable_topk_indices,
     visible_entries,
 )
-from .ov_convert import INPUT_PREFIX, OUTPUT_PREFIX, _make_topk_stable, _name_ports
-from .ov_runtime import OVCausalLM, read_ir
+from deepseek_v4_ov.convert.trace import INPUT_PREFIX, OUTPUT_PREFIX, _make_topk_stable, _name_ports
+from deepseek_v4_ov.runtime.ov_lm import OVCausalLM, read_ir
 
 POSITION = "position"
 RT_INFO_KEY = ["deepseek_v4_static", "max_len"]

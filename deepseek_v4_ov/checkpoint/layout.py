@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CONFIG_NAME, CheckpointError, atomic_output_dir
-from .compression import CompressionOptions, GroupPrecision, format_report, precision_report, report_dict
+from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, CheckpointError, atomic_output_dir
+from deepseek_v4_ov.compress.policy import CompressionOptions, GroupPrecision, format_report, precision_report, report_dict
 
 IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
 OV_CONFIG_NAME = "openvino_config.json"
@@ -100,7 +100,7 @@ def _tokenizer_only(src: Path) -> Iterator[Path]:
 def validate(src: Path, output: Path, opts: CompressionOptions, overwrite: bool, convert_tokenizer: bool = True):
     """All checks that need no weights; returns (config, storage format). Raises ValueError /
     CheckpointError / FileExistsError with a one-line message naming the problem."""
-    from .official import check_folder
+    from deepseek_v4_ov.checkpoint.release import check_folder
 
     opts.validate()
     src, output = Path(src), Path(output)
@@ -138,8 +138,8 @@ def validate(src: Path, output: Path, opts: CompressionOptions, overwrite: bool,
 def _check_group_size(config, opts: CompressionOptions) -> None:
     """A group size that does not divide the input size of a weight it applies to fails in NNCF after
     loading and converting; say so now."""
-    from .compression import PRIMARY, target_of
-    from .official import logical_tensors
+    from deepseek_v4_ov.compress.policy import PRIMARY, target_of
+    from deepseek_v4_ov.checkpoint.release import logical_tensors
 
     r = opts.resolved()
     gs = r.get("group_size", -1)
@@ -157,8 +157,8 @@ def load_model(src: Path, config):
     """The port in FP32, eval mode, with SRC's exact weights."""
     import torch
 
-    from .modeling_deepseek_v4 import DeepseekV4ForCausalLM
-    from .official import load_state_dict
+    from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
+    from deepseek_v4_ov.checkpoint.release import load_state_dict
 
     state = load_state_dict(src, config)
     # the port holds dequantised FP32 weights: SRC's storage description does not apply to it (and
@@ -174,7 +174,7 @@ def load_model(src: Path, config):
 
 def output_config(src: Path, use_cache: bool) -> dict[str, Any]:
     """config.json for OUTPUT: SRC's own keys, storage-only keys dropped, `auto_map` and `use_cache` set."""
-    from .toy import AUTO_MAP
+    from deepseek_v4_ov.checkpoint.toy import AUTO_MAP
 
     raw = json.loads((src / CONFIG_NAME).read_text())
     for key in STORAGE_ONLY_KEYS:
@@ -189,7 +189,7 @@ def resolve_options(weight_format: str, group_size: int | None, sym: bool, ratio
                     group_size_fallback: str | None) -> CompressionOptions:
     """The NNCF options of an export; `native` takes none of them and compresses nothing (its codes come
     from the checkpoint), so it is checked for stray options and maps to fp32 here."""
-    from .native import NATIVE, check_native_options
+    from deepseek_v4_ov.compress.native import NATIVE, check_native_options
 
     if weight_format == NATIVE:
         check_native_options(group_size, sym, ratio, backup_precision, all_layers, awq, group_size_fallback)
@@ -206,12 +206,12 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
 
     `weight_format="native"` keeps the release encodings (`native.py`); `streaming=True` builds the IR
     block by block in bounded memory (`streaming.py`)."""
-    from . import ov_convert
-    from .compression import compress_with
-    from .native import NATIVE, nativize
+    from deepseek_v4_ov.convert import trace as ov_convert
+    from deepseek_v4_ov.compress.policy import compress_with
+    from deepseek_v4_ov.compress.native import NATIVE, nativize
 
     if streaming:
-        from .streaming import export_streaming
+        from deepseek_v4_ov.convert.pieces import export_streaming
 
         return export_streaming(src, output, weight_format=weight_format, group_size=group_size, sym=sym,
                                 ratio=ratio, backup_precision=backup_precision, all_layers=all_layers, awq=awq,
@@ -265,13 +265,13 @@ def export(src: str | Path, output: str | Path, weight_format: str = "fp32", gro
             "dtype": weight_format,
             "ir": kind,
             "quantization_config": resolved,
-            "precision_policy": "deepseek_v4_ov.compression (release FP4 -> format, FP8 -> 8 bit, BF16 -> f16, "
+            "precision_policy": "deepseek_v4_ov.compress.policy (release FP4 -> format, FP8 -> 8 bit, BF16 -> f16, "
                                 "F32 -> f32)",
             "source": {"path": str(src), "storage_format": fmt},
         }
         (tmp / OV_CONFIG_NAME).write_text(json.dumps(ov_config, indent=2) + "\n")
         if with_tokenizer:
-            from .tokenizer import convert_tokenizer as to_ov_tokenizer
+            from deepseek_v4_ov.checkpoint.tokenizer import convert_tokenizer as to_ov_tokenizer
 
             with _tokenizer_only(src) as tok:
                 for name in TOKENIZER_FILES:
