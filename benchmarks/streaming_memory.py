@@ -60,7 +60,8 @@ def write_synthetic(folder: Path, preset: dict, seed: int = 0) -> int:
 
     from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, INDEX_NAME
     from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
-    from deepseek_v4_ov.checkpoint.release import encode_release, logical_tensors, unit_of
+    from deepseek_v4_ov.checkpoint.dryrun import unit_of
+    from deepseek_v4_ov.checkpoint.release import encode_release, logical_tensors
     from deepseek_v4_ov.checkpoint.toy import official_config_dict
 
     config = DeepseekV4Config(**preset)
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     # scales with the largest piece's FP32 size, not with depth.
     mid, flash = DeepseekV4Config(**mid_preset(2)), None
     try:
-        from deepseek_v4_ov.checkpoint.release import logical_tensors, unit_of
+        from deepseek_v4_ov.checkpoint.dryrun import unit_of
+        from deepseek_v4_ov.checkpoint.release import logical_tensors
 
         def largest_piece(cfg) -> int:
             units: dict[str, int] = {}

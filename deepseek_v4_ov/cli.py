@@ -70,7 +70,7 @@ def run_export(args: argparse.Namespace) -> None:
     from deepseek_v4_ov.export.pipeline import export
 
     if args.dry_run:
-        from deepseek_v4_ov.checkpoint.release import dry_run
+        from deepseek_v4_ov.checkpoint.dryrun import dry_run
 
         print(dry_run(args.model).format_table())
         return

@@ -169,7 +169,7 @@ def test_ir_size_matches_checkpoint(native_export):
     block (the IR has none). The .xml (graph text, ~4.6 MB here, independent of weight sizes) is not
     counted: on a toy it outweighs the weights, on V4-Flash it is negligible."""
     src, _, out, fp32 = native_export
-    _, _, _, headers = check_folder(src)
+    headers = check_folder(src).headers
     trunk = sum(h.nbytes for n, h in headers.items() if not n.startswith("mtp."))
     weights = (out / "openvino_model.bin").stat().st_size
     assert abs(weights / trunk - 1) <= 0.10, (weights, trunk)

@@ -11,12 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, CheckpointError, CheckpointReader, read_config
+from deepseek_v4_ov.checkpoint.dryrun import dry_run
+from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME, CheckpointError, CheckpointReader, read_config
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from deepseek_v4_ov.checkpoint.release import (
-    DTYPE_BYTES,
-    dry_run,
     expected_tensors,
     iter_state_dict,
     load_state_dict,

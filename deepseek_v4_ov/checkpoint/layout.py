@@ -13,10 +13,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
@@ -100,17 +101,71 @@ def read_config(folder: Path) -> DeepseekV4Config:
         raise CheckpointError(f"{path}: {err}") from err
 
 
+DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+                "F8_E8M0": torch.float8_e8m0fnu}
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    offset: int  # absolute byte offset of the data in the shard file
+
+
+def read_header(path: Path) -> dict[str, TensorHeader]:
+    """The tensors a safetensors file declares, from its 8-byte length and JSON header only; checks that
+    every tensor's byte range fits its dtype and shape and lies inside the file (which may be sparse)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise CheckpointError(f"{path}: truncated or not a safetensors file (header length {n}, file {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from err
+    data_len = size - 8 - n
+    out: dict[str, TensorHeader] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info}") from err
+        if dtype not in DTYPE_BYTES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        nbytes = prod(shape) * DTYPE_BYTES[dtype]
+        if end - start != nbytes or start < 0:
+            raise CheckpointError(f"{path}: tensor {name!r} spans bytes [{start}, {end}) but {dtype}{list(shape)} "
+                                  f"needs {nbytes}")
+        if end > data_len:
+            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} of the data but the file holds only "
+                                  f"{data_len} (truncated shard)")
+        out[name] = TensorHeader(dtype, shape, nbytes, 8 + n + start)
+    return out
+
+
 class CheckpointReader:
-    """Lazy view of a sharded checkpoint: names, shapes and dtypes from headers; tensors on demand."""
+    """Lazy view of a sharded checkpoint: the index and every shard header are read once, here (names,
+    dtypes, shapes and byte offsets); `get` then reads one tensor's bytes at its offset."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         index_path = self.folder / INDEX_NAME
         if index_path.is_file():
             try:
-                weight_map = json.loads(index_path.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
+                weight_map = dict(json.loads(index_path.read_text())["weight_map"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise CheckpointError(f"{index_path}: not a safetensors index ({err})") from err
+            shard_names = sorted(set(weight_map.values()))
         else:
             singles = sorted(self.folder.glob("*.safetensors"))
             if len(singles) != 1:
@@ -118,26 +173,22 @@ class CheckpointReader:
                     f"{self.folder}: no {INDEX_NAME} and {len(singles)} .safetensors files; expected an index "
                     "or exactly one file"
                 )
-            weight_map = None
-            single = singles[0].name
-        self._headers: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
-        shard_names = sorted(set(weight_map.values())) if weight_map is not None else [single]
+            weight_map, shard_names = None, [singles[0].name]
+        self.headers: dict[str, TensorHeader] = {}  # tensor name -> header, over all shards
         for shard in shard_names:
             path = self.folder / shard
             if not path.is_file():
                 example = next(n for n, s in weight_map.items() if s == shard)
                 raise CheckpointError(f"{path}: shard listed in {INDEX_NAME} is missing (it holds e.g. {example!r})")
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    self._headers[shard] = {
-                        name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()
-                    }
-            except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
-                raise CheckpointError(f"{path}: unreadable safetensors shard ({err})") from err
+            for name, h in read_header(path).items():
+                if weight_map is not None and weight_map.get(name) != shard:
+                    where = f"places it in {weight_map[name]!r}" if name in weight_map else "does not list it"
+                    raise CheckpointError(f"{path}: tensor {name!r} is in this shard but {INDEX_NAME} {where}")
+                self.headers[name] = h
         if weight_map is None:
-            weight_map = dict.fromkeys(self._headers[single], single)
+            weight_map = dict.fromkeys(self.headers, shard_names[0])
         for name, shard in weight_map.items():
-            if name not in self._headers[shard]:
+            if name not in self.headers:
                 raise CheckpointError(f"{self.folder / shard}: tensor {name!r} is listed in {INDEX_NAME} but absent")
         self.weight_map: dict[str, str] = weight_map
 
@@ -146,15 +197,24 @@ class CheckpointReader:
 
     def info(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype string, shape) of one tensor, from the shard header."""
-        return self._headers[self.weight_map[name]][name]
+        h = self.headers[name]
+        return h.dtype, h.shape
 
     def get(self, name: str) -> torch.Tensor:
-        shard = self.folder / self.weight_map[name]
+        """One tensor as stored (its dtype and shape), read from its byte range."""
+        h, shard = self.headers[name], self.folder / self.weight_map[name]
+        data = bytearray(h.nbytes)
         try:
-            with safe_open(str(shard), framework="pt") as f:
-                return f.get_tensor(name)
-        except Exception as err:
+            with open(shard, "rb") as f:
+                f.seek(h.offset)
+                got = f.readinto(data)
+        except OSError as err:
             raise CheckpointError(f"{shard}: cannot read tensor {name!r} ({err})") from err
+        if got != h.nbytes:
+            raise CheckpointError(f"{shard}: tensor {name!r}: read {got} of {h.nbytes} bytes (truncated shard)")
+        if not h.nbytes:
+            return torch.empty(h.shape, dtype=TORCH_DTYPES[h.dtype])
+        return torch.frombuffer(data, dtype=TORCH_DTYPES[h.dtype]).reshape(h.shape)
 
     def check_against(self, expected: dict[str, tuple[int, ...]]) -> None:
         """Every expected tensor present with its shape, and nothing unexpected."""
