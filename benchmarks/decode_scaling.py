@@ -7,7 +7,7 @@
     whole sequence again (ms per token = one forward over ctx tokens); ratio to the 128-token value printed.
 (b) experts: stateful FP32 IR with 8 / 64 / 256 routed experts at fixed top-2 (seed geometry otherwise), ms per
     decoded token at context ~128, 128-token prefill ms, IR op count, GroupedMatMul ops in the IR and
-    GatherMatmul nodes in the compiled CPU graph (the MoE form of `deepseek_v4_ov.convert.moe_patch`); ratio to 8.
+    GatherMatmul nodes in the compiled CPU graph (the MoE's "grouped" form); ratio to 8.
 
 Every timing: one warm-up run, then `--repeats` runs, median over all measured calls. Everything runs in this
 one process, one after the other, INFERENCE_PRECISION_HINT=f32. `--json` writes decode_scaling.json next to

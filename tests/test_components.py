@@ -1,6 +1,7 @@
 """Component checks with assertions that can fail: Sinkhorn, causality of compressed entries, hash routing,
 the SwiGLU clamp, YaRN frequencies, and the MoE reading only the experts it picked."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,15 @@ import torch
 
 from conftest import prompt
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
-from deepseek_v4_ov.model.modeling_deepseek_v4 import Expert, Gate, MoE, rope_inv_freq, sinkhorn, visible_entries
+from deepseek_v4_ov.model.modeling_deepseek_v4 import (
+    Expert,
+    Gate,
+    MoE,
+    rope_inv_freq,
+    set_experts_implementation,
+    sinkhorn,
+    visible_entries,
+)
 
 
 def test_sinkhorn_is_doubly_stochastic():
@@ -131,3 +140,29 @@ def test_router_bias_only_selects():
     picks, weights = gate(torch.randn(5, 8), torch.zeros(5, dtype=torch.long))
     assert (picks.sort(-1).values == torch.tensor([2, 3])).all()  # bias decides the choice...
     assert torch.allclose(weights.sum(-1), torch.full((5,), 1.5))  # ...weights are renormalised scores x 1.5
+
+
+def test_experts_forms_agree(toy):
+    """Every routed-experts form gives the loop's output: "grouped" (stacked from the experts, or given as
+    stacks, the per-expert modules then dropped) and "dense"; unknown names fail naming the choices."""
+    block = copy.deepcopy(toy("full")[1].layers[4])
+    moe: MoE = block.ffn
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, moe.gate.weight.shape[1])
+    ids = torch.randint(2, 500, (2, 5))
+    with torch.no_grad():
+        expected = moe(x, ids)
+        for form in ("grouped", "dense"):
+            set_experts_implementation(block, form)
+            assert moe.experts_implementation == form
+            assert torch.allclose(moe(x, ids), expected, atol=1e-6), form
+        stacks = [torch.stack([getattr(e, n).weight for e in moe.experts]) for n in ("w1", "w3", "w2")]
+        moe.set_stacked_experts(*stacks)
+        assert len(moe.experts) == 0 and moe.experts_implementation == "grouped"
+        assert torch.allclose(moe(x, ids), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="loop, grouped, dense"):
+        set_experts_implementation(block, "tiled")
+    with pytest.raises(ValueError, match="only the 'grouped' form"):
+        set_experts_implementation(block, "loop")
+    with pytest.raises(ValueError, match="experts_implementation"):
+        DeepseekV4Config(experts_implementation="tiled")

@@ -73,7 +73,7 @@ def test_layout_and_codes_bit_exact(native_export):
         q, sc = reader.get(name), reader.get(scale_name(name))
         rows, cols = model.state_dict()[name].shape
         if kind == FP4 and f"self.model.{name}" not in consts:
-            # grouped form (moe_patch): one stacked constant [E, O, K/32, 32] per projection
+            # grouped form (MoE.grouped_experts): one stacked constant [E, O, K/32, 32] per projection
             ffn, _, e, proj, _ = name.rsplit(".", 4)
             w, s = consts[f"self.model.{ffn}.experts.{proj}.weight"], consts[f"self.model.{ffn}.experts.{proj}.weight/scale"]
             experts = model.config.n_routed_experts

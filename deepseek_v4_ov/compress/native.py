@@ -168,8 +168,8 @@ _STACKED_RE = re.compile(r"^((?:layers|mtp)\.\d+\.ffn)\.experts\.0\.w1\.weight$"
 
 
 def _nativize_stacked(ov_model: ov.Model, reader: CheckpointReader, verify: bool) -> int:
-    """Routed experts traced as one stacked constant `[E, out, in]` per projection (moe_patch's
-    GroupedMatMul form): identify w1 / w3 / w2 by value (expert 0 against the checkpoint), then replace the
+    """Routed experts traced as one stacked constant `[E, out, in]` per projection (the MoE's
+    grouped form, GroupedMatMul): identify w1 / w3 / w2 by value (expert 0 against the checkpoint), then replace the
     constant by f4e2m1 `[E, out, in/32, 32]` + f8e8m0 `[E, out, in/32, 1]` stacked from the checkpoint."""
     from deepseek_v4_ov.compress.policy import weight_constants
 

@@ -208,7 +208,7 @@ def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None
     """Representative official name of a weight used by `aten::<op>` inside module `path`."""
     leaf = path.rsplit(".", 1)[-1] if path else ""
     matrix = len([d for d in const_shape if d != 1]) >= 2
-    if op in ("linear", "matmul", "mm", "bmm", "einsum", "_grouped_mm") and matrix:  # _grouped_mm: moe_patch
+    if op in ("linear", "matmul", "mm", "bmm", "einsum", "_grouped_mm") and matrix:  # _grouped_mm: MoE grouped form
         if leaf in _LINEAR_LEAVES:
             return f"{path}.weight"
         if leaf == "compressor":

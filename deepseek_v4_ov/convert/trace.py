@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,12 @@ import torch
 from openvino.passes import MakeStateful, Manager
 from torch import nn
 
-from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4Cache, DeepseekV4ForCausalLM
-from deepseek_v4_ov.convert.moe_patch import grouped_moe
+from deepseek_v4_ov.model.modeling_deepseek_v4 import (
+    DeepseekV4Cache,
+    DeepseekV4ForCausalLM,
+    MoE,
+    set_experts_implementation,
+)
 
 IR_NAME = "openvino_model.xml"
 BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
@@ -80,6 +85,19 @@ class _PrefillWrapper(nn.Module):
         return self.model(input_ids).logits
 
 
+@contextmanager
+def experts_implementation(model: nn.Module, name: str):
+    """Within the block every `MoE` of `model` runs the routed-experts form `name` (see `MoE`); each gets
+    its own form back on exit. The trace uses "grouped": GroupedMatMul over stacked `[E, out, in]` constants."""
+    before = [(m, m.experts_implementation) for m in model.modules() if isinstance(m, MoE)]
+    set_experts_implementation(model, name)
+    try:
+        yield
+    finally:
+        for m, form in before:
+            m.set_experts_implementation(form)
+
+
 def _random_ids(model: DeepseekV4ForCausalLM, batch: int, seq: int, seed: int) -> torch.Tensor:
     return torch.randint(2, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
@@ -121,7 +139,7 @@ def convert(model: DeepseekV4ForCausalLM, stateful: bool = True, prefill_only: b
     ids = _random_ids(model, 2, 5, 1)
     seq = (ov.PartialShape([-1, -1]), ov.Type.i64)
     if prefill_only:
-        with torch.no_grad(), grouped_moe(model):  # routed experts as GroupedMatMul (see moe_patch)
+        with torch.no_grad(), experts_implementation(model, "grouped"):
             ov_model = ov.convert_model(_PrefillWrapper(model), example_input=(ids, torch.ones_like(ids)),
                                         input=[seq, seq])
         _name_ports(ov_model, ["input_ids", "attention_mask"], ["logits"])
@@ -140,7 +158,7 @@ def convert(model: DeepseekV4ForCausalLM, stateful: bool = True, prefill_only: b
         cache_inputs.append((ov.PartialShape(dims), ov.Type.i32 if n == "length" else ov.Type.f32))
     mask = torch.ones(2, 138, dtype=torch.long)
     positions = torch.arange(133, 138).expand(2, -1)
-    with torch.no_grad(), grouped_moe(model):  # routed experts as GroupedMatMul (see moe_patch)
+    with torch.no_grad(), experts_implementation(model, "grouped"):
         ov_model = ov.convert_model(_CacheWrapper(model, names),
                                     example_input=(ids, mask, positions, *(example[n] for n in names)),
                                     input=[seq, seq, seq, *cache_inputs])

@@ -6,7 +6,7 @@ window and ratio-128 boundaries. Per cell: logit distances, top-1 agreement, top
 agreement (first token and agreeing prefix), batch-2 vs batch-1, compile/prefill/decode times. A device
 that fails to compile or run is a reported failure, not a crash.
 
-Static shapes (NPU): the NPU plugin wants fixed shapes. The static model (`static_cache.py`) takes one
+Static shapes (NPU): the NPU plugin wants fixed shapes. The static model (`convert/static.py`) takes one
 token per call (`input_ids [1, 1]`) over fixed-size masked caches sized for `static_length` = longest
 prompt + new tokens (ring-buffer window, entry buffers written by index, fixed indexer top-k, dense MoE),
 so no shape depends on the position; prompts are fed token by token. It is compressed like the other IRs

@@ -18,6 +18,11 @@ lightning indexer (overlapping windows of 4), heavily compressed attention (wind
 
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 
+EXPERTS_IMPLEMENTATIONS = ("loop", "grouped", "dense")
+"""Forms of the routed experts (same math; see `MoE` in modeling_deepseek_v4.py): a per-expert gather loop
+(eager default), grouped matmuls over expert-sorted slots (tracing), every expert on every token with zero
+weight for the unpicked (static shapes)."""
+
 FLASH_YARN = {
     "type": "yarn",
     "factor": 16,
@@ -38,6 +43,8 @@ class DeepseekV4Config(PretrainedConfig):
 
     Field names are those of the official release's config.json. `compress_ratios` has one entry per
     decoder layer followed by one per MTP block; `rope_scaling` (YaRN) applies to compressed layers only.
+    `experts_implementation` (not an official key, not saved) picks the routed experts' form, one of
+    `EXPERTS_IMPLEMENTATIONS`: it changes how the experts are computed, not what.
     """
 
     model_type = "deepseek_v4"
@@ -84,6 +91,7 @@ class DeepseekV4Config(PretrainedConfig):
         bos_token_id: int | None = 0,
         eos_token_id: int | list[int] | None = 1,
         use_cache: bool = True,
+        experts_implementation: str = "loop",
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
@@ -126,6 +134,7 @@ class DeepseekV4Config(PretrainedConfig):
         self.hidden_act = hidden_act
         self.initializer_range = initializer_range
         self.use_cache = use_cache
+        self.experts_implementation = experts_implementation
         kwargs.pop("rope_parameters", None)  # a transformers-5 alias of rope_scaling, never authoritative
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
@@ -140,6 +149,7 @@ class DeepseekV4Config(PretrainedConfig):
         out = super().to_dict()
         out["rope_scaling"] = out.pop("yarn_scaling")
         out.pop("rope_parameters", None)
+        out.pop("experts_implementation", None)  # how, not what (like attn_implementation): not saved
         return out
 
     @property
@@ -188,6 +198,9 @@ class DeepseekV4Config(PretrainedConfig):
             fail("num_hash_layers", f"{self.num_hash_layers} > num_hidden_layers={self.num_hidden_layers}")
         if self.scoring_func not in SCORING_FUNCS:
             fail("scoring_func", f"must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
+        if self.experts_implementation not in EXPERTS_IMPLEMENTATIONS:
+            fail("experts_implementation",
+                 f"must be one of {EXPERTS_IMPLEMENTATIONS}, got {self.experts_implementation!r}")
         needed = self.num_hidden_layers + self.num_nextn_predict_layers
         if len(self.compress_ratios) < needed:
             fail("compress_ratios", f"has {len(self.compress_ratios)} entries, needs num_hidden_layers + "
@@ -207,4 +220,4 @@ class DeepseekV4Config(PretrainedConfig):
             fail("rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
 
 
-__all__ = ["DeepseekV4Config", "flash_compress_ratios", "SLIDING", "CSA", "HCA"]
+__all__ = ["DeepseekV4Config", "flash_compress_ratios", "SLIDING", "CSA", "HCA", "EXPERTS_IMPLEMENTATIONS"]

@@ -15,11 +15,17 @@ Decode state is a flat, ordered dict of tensors (`DeepseekV4Cache`), so that a t
 piece of it as an OpenVINO state. Lengths that decide tensor shapes are read from shapes (the open-window
 rows of a compressor are exactly `L mod r` rows), never from Python counters; the absolute position is a
 tensor (`length`). One forward serves prefill, chunked prefill and one-token decode.
+
+Each piece of math is written once; what varies is chosen: the routed experts' form (`experts_implementation`
+in the config, or `set_experts_implementation`: a per-expert loop in eager mode, grouped matmuls for
+tracing, every expert densely for static shapes) and the state layout (`set_state_layout`: growing tensors,
+the default and the stateful IR's, or fixed capacity with masks, the static-shape model's).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +34,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from .configuration_deepseek_v4 import CSA, SLIDING, DeepseekV4Config
+from .configuration_deepseek_v4 import CSA, EXPERTS_IMPLEMENTATIONS, SLIDING, DeepseekV4Config
 
 NEG_INF = float("-inf")
 
@@ -115,6 +121,127 @@ class Rope(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------
+# State layouts
+# ------------------------------------------------------------------------------------------------------
+def write_rows(buffer: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
+               when: torch.Tensor | None = None) -> torch.Tensor:
+    """`buffer [B, n, D]` with `rows [B, 1, D]` at slot `index [B, 1]`, only where `when [B, 1]` (a mask,
+    no data-dependent shape)."""
+    hit = torch.arange(buffer.shape[1], device=buffer.device).view(1, -1) == index
+    if when is not None:
+        hit = hit & when
+    return torch.where(hit.unsqueeze(-1), rows.to(buffer.dtype), buffer)
+
+
+class GrowingState:
+    """Decode state as growing tensors (`DeepseekV4Cache`, the stateful IR), any number of tokens per call:
+    the window keeps the last W-1 rows, compressed entries are appended, the open window's rows are exactly
+    the `L mod r` pending rows.
+
+    A state layout is the part of attention, compressor and indexer that stores and reads the state; the
+    math around it is the modules' own. `set_state_layout` picks it."""
+
+    @staticmethod
+    def window(state: dict[str, torch.Tensor], name: str, kv: torch.Tensor, positions: torch.Tensor,
+               size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new K=V rows to the sliding window; return the keys `[B, K, D]` and their visibility
+        `[B, S, K]` (the last `size` positions up to each query's own)."""
+        past = state[name]
+        keys = torch.cat((past, kv), 1)
+        key_pos = positions[:, :1] - past.shape[1] + torch.arange(keys.shape[1], device=kv.device)
+        delta = positions.unsqueeze(-1) - key_pos.unsqueeze(1)  # [B, S, K]
+        state[name] = keys[:, -(size - 1) :] if size > 1 else keys[:, :0]
+        return keys, (delta >= 0) & (delta < size)
+
+    @staticmethod
+    def open_windows(state: dict[str, torch.Tensor], prefix: str, kv: torch.Tensor, gate: torch.Tensor,
+                     positions: torch.Tensor, ratio: int):
+        """Add a compressor's new rows to its pending ones; return the windows they complete as
+        `kv, gate [B, n, ratio, width]`, their indices `[B, n]` and completion (None: all complete)."""
+        pending_kv, pending_gate = state[prefix + "pending_kv"], state[prefix + "pending_gate"]
+        kv, gate = torch.cat((pending_kv, kv), 1), torch.cat((pending_gate, gate), 1)
+        n_windows = kv.shape[1] // ratio
+        used = n_windows * ratio
+        state[prefix + "pending_kv"], state[prefix + "pending_gate"] = kv[:, used:], gate[:, used:]
+        batch, width = kv.shape[0], kv.shape[2]
+        kv = kv[:, :used].reshape(batch, n_windows, ratio, width)
+        gate = gate[:, :used].reshape(batch, n_windows, ratio, width)
+        # absolute index of every window completed here: the first row of `kv` sits at a window start
+        windows = (positions[:, :1] - pending_kv.shape[1]) // ratio + torch.arange(n_windows, device=kv.device)
+        return kv, gate, windows, None
+
+    @staticmethod
+    def previous_halves(state: dict[str, torch.Tensor], name: str, halves: torch.Tensor,
+                        completed: torch.Tensor | None) -> torch.Tensor:
+        """CSA overlap: for each window in `halves [B, n, r, d]` (its first halves), those of the window
+        before it; the last window's become the state."""
+        rows = torch.cat((state[name].unsqueeze(1), halves), 1)
+        state[name] = rows[:, -1]
+        return rows[:, :-1]
+
+    @staticmethod
+    def append(state: dict[str, torch.Tensor], name: str, rows: torch.Tensor, windows: torch.Tensor,
+               completed: torch.Tensor | None) -> torch.Tensor:
+        """Store new compressed entries (entry w of window w); return all entries so far."""
+        rows = torch.cat((state[name], rows.to(state[name].dtype)), 1)
+        state[name] = rows
+        return rows
+
+    @staticmethod
+    def topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+        """Indexer picks: a fixed k over the entry axis padded with k -inf columns (picks past the visible
+        count are invalid), so the graph never depends on how many entries exist."""
+        padding = scores.new_full((*scores.shape[:2], k), NEG_INF)
+        return stable_topk_indices(torch.cat((scores, padding), -1), k)
+
+
+class FixedState:
+    """Decode state of fixed capacity with masks (the static-shape, NPU-style model), one token per call:
+    the window is a ring of W slots (slot t mod W), a compressor's open window r slots (slot t mod r), entry
+    w is written at row w of a buffer sized for the capacity when window w completes. Every write is a
+    masked select, so no shape depends on the position; zero state is the start of a sequence. Same
+    methods as `GrowingState`."""
+
+    @staticmethod
+    def window(state, name, kv, positions, size):
+        if kv.shape[1] != 1 and not torch.jit.is_tracing():
+            raise ValueError(f"the fixed state layout takes one token per call, got {kv.shape[1]}")
+        keys = write_rows(state[name], kv, positions % size)
+        state[name] = keys
+        slots = torch.arange(size, device=kv.device).view(1, -1)
+        # slot s holds position t - ((t - s) mod W): valid once that is >= 0
+        return keys, (positions - (positions - slots) % size >= 0).unsqueeze(1)
+
+    @staticmethod
+    def open_windows(state, prefix, kv, gate, positions, ratio):
+        pending_kv = write_rows(state[prefix + "pending_kv"], kv, positions % ratio)
+        pending_gate = write_rows(state[prefix + "pending_gate"], gate, positions % ratio)
+        state[prefix + "pending_kv"], state[prefix + "pending_gate"] = pending_kv, pending_gate
+        # the token's window, pooled from its slots in position order (meaningful once completed)
+        windows, completed = torch.div(positions, ratio, rounding_mode="floor"), (positions + 1) % ratio == 0
+        return pending_kv.unsqueeze(1), pending_gate.unsqueeze(1), windows, completed
+
+    @staticmethod
+    def previous_halves(state, name, halves, completed):
+        previous = state[name]
+        state[name] = torch.where(completed.unsqueeze(-1), halves[:, -1], previous)
+        return previous.unsqueeze(1)
+
+    @staticmethod
+    def append(state, name, rows, windows, completed):
+        rows = write_rows(state[name], rows, windows, completed)
+        state[name] = rows
+        return rows
+
+    @staticmethod
+    def topk(scores, k):
+        return stable_topk_indices(scores, min(k, scores.shape[-1]))
+
+
+STATE_LAYOUTS = {"growing": GrowingState(), "fixed": FixedState()}
+
+
+# ------------------------------------------------------------------------------------------------------
 # Compressor and lightning indexer
 # ------------------------------------------------------------------------------------------------------
 class Compressor(nn.Module):
@@ -125,9 +252,10 @@ class Compressor(nn.Module):
     the window's first token. With `overlap` (ratio 4, CSA) rows are 2*dim wide: entry w pools the first
     halves of window w-1 and the second halves of window w (8 slots per channel).
 
-    State (all FP32): `pending_kv/pending_gate [B, L mod ratio, width]` rows of the open window, and for
-    overlap `prev_kv/prev_gate [B, ratio, dim]`, the first halves of the last complete window (zeros at
-    start; window 0 masks them out by position, so zero-initialised state is valid).
+    State (all FP32, growing layout; see `FixedState` for the other): `pending_kv/pending_gate
+    [B, L mod ratio, width]` rows of the open window, and for overlap `prev_kv/prev_gate [B, ratio, dim]`,
+    the first halves of the last complete window (zeros at start; window 0 masks them out by position, so
+    zero-initialised state is valid).
     """
 
     def __init__(self, config: DeepseekV4Config, ratio: int, dim: int) -> None:
@@ -138,34 +266,26 @@ class Compressor(nn.Module):
         self.wgate = linear(config.hidden_size, width)
         self.ape = nn.Parameter(torch.zeros(ratio, width))
         self.norm = RMSNorm(dim, config.rms_norm_eps)
+        self.state_layout = STATE_LAYOUTS["growing"]
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor], prefix: str
-    ) -> torch.Tensor:
-        """Append x's rows; return the entries completed by this call `[B, n, dim]`, updating `state`."""
-        r, d = self.ratio, self.dim
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor],
+                prefix: str, store: str) -> torch.Tensor:
+        """Add x's rows; pool the windows they complete into entries, store them in `state[store]` and
+        return all entries so far `[B, N, dim]`."""
+        r, d, layout = self.ratio, self.dim, self.state_layout
         kv = F.linear(x.float(), self.wkv.weight.float())
         gate = F.linear(x.float(), self.wgate.weight.float()) + self.ape.float()[positions % r]
-        pending_kv, pending_gate = state[prefix + "pending_kv"], state[prefix + "pending_gate"]
-        kv, gate = torch.cat((pending_kv, kv), 1), torch.cat((pending_gate, gate), 1)
-        n_windows = kv.shape[1] // r
-        used = n_windows * r
-        state[prefix + "pending_kv"], state[prefix + "pending_gate"] = kv[:, used:], gate[:, used:]
-        batch, width = kv.shape[0], kv.shape[2]
-        kv, gate = kv[:, :used].reshape(batch, n_windows, r, width), gate[:, :used].reshape(batch, n_windows, r, width)
-        # absolute index of every window completed here: the first row of `kv` sits at a window start
-        windows = (positions[:, :1] - pending_kv.shape[1]) // r + torch.arange(n_windows, device=x.device)
+        kv, gate, windows, completed = layout.open_windows(state, prefix, kv, gate, positions, r)
         if self.overlap:
-            prev_kv = torch.cat((state[prefix + "prev_kv"].unsqueeze(1), kv[..., :d]), 1)
-            prev_gate = torch.cat((state[prefix + "prev_gate"].unsqueeze(1), gate[..., :d]), 1)
-            state[prefix + "prev_kv"], state[prefix + "prev_gate"] = prev_kv[:, -1], prev_gate[:, -1]
-            first_halves_gate = prev_gate[:, :-1].masked_fill((windows == 0)[..., None, None], NEG_INF)
-            kv = torch.cat((prev_kv[:, :-1], kv[..., d:]), 2)
+            prev_kv = layout.previous_halves(state, prefix + "prev_kv", kv[..., :d], completed)
+            prev_gate = layout.previous_halves(state, prefix + "prev_gate", gate[..., :d], completed)
+            first_halves_gate = prev_gate.masked_fill((windows == 0)[..., None, None], NEG_INF)
+            kv = torch.cat((prev_kv, kv[..., d:]), 2)
             gate = torch.cat((first_halves_gate, gate[..., d:]), 2)
         entries = (gate.softmax(dim=2) * kv).sum(2)
         entries = self.norm(entries)
         cos, sin = rope(windows * r)
-        return apply_rope(entries, cos, sin)
+        return layout.append(state, store, apply_rope(entries, cos, sin), windows, completed)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
         width = self.dim * (2 if self.overlap else 1)
@@ -201,9 +321,8 @@ class Indexer(nn.Module):
     """Lightning indexer of CSA layers: picks the top-`index_topk` compressed entries for each query.
 
     score(t, s) = sum_h w_h(t) * ReLU(q_h(t) . K_s) / sqrt(index_head_dim), with w = weights_proj(x) /
-    sqrt(index_n_heads) and K the indexer's own compressed keys. The top-k runs over a fixed k on an axis
-    padded with -inf columns, and picks at or beyond the query's visible count are invalid, so the graph
-    never depends on how many entries exist.
+    sqrt(index_n_heads) and K the indexer's own compressed keys. The top-k runs over a fixed k (see the
+    state layout's `topk`), and picks at or beyond the query's visible count are invalid.
     """
 
     def __init__(self, config: DeepseekV4Config) -> None:
@@ -212,6 +331,7 @@ class Indexer(nn.Module):
         self.wq_b = linear(config.q_lora_rank, self.n_heads * self.head_dim)
         self.weights_proj = linear(config.hidden_size, self.n_heads)
         self.compressor = Compressor(config, CSA, self.head_dim)
+        self.state_layout = STATE_LAYOUTS["growing"]
 
     def scores(
         self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, rope: Rope, keys: torch.Tensor
@@ -236,12 +356,8 @@ class Indexer(nn.Module):
         prefix: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return picked entry indices `[B, S, k]` and their validity."""
-        new_keys = self.compressor(x, positions, rope, state, prefix + "index_")
-        keys = torch.cat((state[prefix + "index_keys"], new_keys), 1)
-        state[prefix + "index_keys"] = keys
-        scores = self.scores(x, qr, positions, rope, keys)
-        padding = scores.new_full((*scores.shape[:2], self.topk), NEG_INF)
-        picks = stable_topk_indices(torch.cat((scores, padding), -1), self.topk)
+        keys = self.compressor(x, positions, rope, state, prefix + "index_", prefix + "index_keys")
+        picks = self.state_layout.topk(self.scores(x, qr, positions, rope, keys), self.topk)
         valid = picks < torch.div(positions + 1, CSA, rounding_mode="floor").unsqueeze(-1)
         return picks, valid
 
@@ -252,8 +368,9 @@ class Indexer(nn.Module):
 class Attention(nn.Module):
     """V4 attention: sliding window for every layer, plus compressed entries on CSA/HCA layers.
 
-    State: `window [B, min(L, W-1), D]` (RoPE'd K=V rows of the last W-1 tokens), and on compressed layers
-    `entries [B, L//r, D]` plus the compressor's (and on CSA the indexer's) state.
+    State (growing layout; see `FixedState` for the other): `window [B, min(L, W-1), D]` (RoPE'd K=V rows
+    of the last W-1 tokens), and on compressed layers `entries [B, L//r, D]` plus the compressor's (and on
+    CSA the indexer's) state.
     """
 
     def __init__(self, config: DeepseekV4Config, ratio: int) -> None:
@@ -273,6 +390,7 @@ class Attention(nn.Module):
         self.attn_sink = nn.Parameter(torch.zeros(self.n_heads))
         self.compressor = Compressor(config, ratio, self.head_dim) if ratio else None
         self.indexer = Indexer(config) if ratio == CSA else None
+        self.state_layout = STATE_LAYOUTS["growing"]
 
     def forward(
         self,
@@ -290,21 +408,13 @@ class Attention(nn.Module):
         kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)
 
         # sliding window: W keys per query, the query's own token included
-        past = state[prefix + "window"]
-        keys = torch.cat((past, kv), 1)
-        key_pos = positions[:, :1] - past.shape[1] + torch.arange(keys.shape[1], device=x.device)
-        delta = positions.unsqueeze(-1) - key_pos.unsqueeze(1)  # [B, S, K]
-        window_mask = (delta >= 0) & (delta < self.window)
-        state[prefix + "window"] = keys[:, -(self.window - 1) :] if self.window > 1 else keys[:, :0]
+        keys, window_mask = self.state_layout.window(state, prefix + "window", kv, positions, self.window)
         scale = self.head_dim**-0.5
         scores = [torch.einsum("bshd,bkd->bhsk", q, keys).float().mul(scale).masked_fill(~window_mask[:, None], NEG_INF)]
 
         compressed = None
         if self.compressor is not None:
-            new_entries = self.compressor(x, positions, rope, state, prefix)
-            entries = torch.cat((state[prefix + "entries"], new_entries.to(state[prefix + "entries"].dtype)), 1)
-            state[prefix + "entries"] = entries
-            entries = entries.to(x.dtype)
+            entries = self.compressor(x, positions, rope, state, prefix, prefix + "entries").to(x.dtype)
             if self.indexer is not None:
                 picks, valid = self.indexer(x, qr, positions, rope, state, prefix)
                 padded = torch.cat((entries, entries.new_zeros(batch, 1, self.head_dim)), 1)
@@ -353,8 +463,25 @@ class Attention(nn.Module):
 # ------------------------------------------------------------------------------------------------------
 # MoE
 # ------------------------------------------------------------------------------------------------------
+def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """SwiGLU with V4's clamp: gate clamped from above, up from both sides, at `limit` (0: no clamp)."""
+    if limit > 0:
+        gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+    return F.silu(gate) * up
+
+
+def grouped_mm_supported(weight: torch.Tensor) -> bool:
+    """Whether `torch._grouped_mm` takes this expert matrix: rows and columns 16-byte aligned (on CPU)."""
+    return hasattr(torch, "_grouped_mm") and all(d * weight.element_size() % 16 == 0 for d in weight.shape[-2:])
+
+
+def check_experts_implementation(name: str) -> None:
+    if name not in EXPERTS_IMPLEMENTATIONS:
+        raise ValueError(f"experts_implementation {name!r}: choose one of {', '.join(EXPERTS_IMPLEMENTATIONS)}")
+
+
 class Expert(nn.Module):
-    """SwiGLU expert with V4's clamp: gate clamped from above, up from both sides, at `swiglu_limit`."""
+    """SwiGLU expert with V4's clamp at `swiglu_limit`."""
 
     def __init__(self, hidden: int, inter: int, limit: float) -> None:
         super().__init__()
@@ -362,10 +489,7 @@ class Expert(nn.Module):
         self.limit = limit
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = self.w1(x), self.w3(x)
-        if self.limit > 0:
-            gate, up = gate.clamp(max=self.limit), up.clamp(-self.limit, self.limit)
-        hidden = F.silu(gate) * up
+        hidden = swiglu(self.w1(x), self.w3(x), self.limit)
         if weight is not None:  # routing weight applied before w2, as the official code does
             hidden = hidden * weight.to(hidden.dtype)
         return self.w2(hidden)
@@ -407,26 +531,153 @@ class Gate(nn.Module):
 
 
 class MoE(nn.Module):
-    """Routed experts plus one shared expert. Each token runs only its k picked experts: tokens are
-    gathered per expert, so an expert nobody picked does no work and reads no weights."""
+    """Routed experts plus one shared expert.
+
+    The routed experts run in one of three forms (`experts_implementation`, from the config or
+    `set_experts_implementation`), with the same math and the same result up to FP32 summation order:
+    - "loop" (eager default): tokens gathered per expert, so an expert nobody picked does no work and reads
+      no weights;
+    - "grouped" (tracing): grouped matmuls over expert-sorted (token, expert) slots, see `grouped_experts`;
+    - "dense" (static shapes): every expert on every token, an unpicked expert with routing weight 0.
+    """
 
     def __init__(self, config: DeepseekV4Config, hashed: bool) -> None:
         super().__init__()
-        hd, inter, limit = config.hidden_size, config.moe_intermediate_size, config.swiglu_limit
+        hd, inter, self.limit = config.hidden_size, config.moe_intermediate_size, config.swiglu_limit
         self.gate = Gate(config, hashed)
-        self.experts = nn.ModuleList(Expert(hd, inter, limit) for _ in range(config.n_routed_experts))
-        self.shared_experts = Expert(hd, inter, limit)
+        self.experts = nn.ModuleList(Expert(hd, inter, self.limit) for _ in range(config.n_routed_experts))
+        self.shared_experts = Expert(hd, inter, self.limit)
+        # (w1, w3, w2) `[E, out, in]` for the grouped form: plain tensors, not parameters (no state-dict
+        # entries; a trace captures them as constants), either given or a copy of `experts`
+        self.stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.stacked_given = False
+        self.experts_implementation = self.usable_form(config.experts_implementation)
+
+    def usable_form(self, name: str) -> str:
+        """`name`, validated; "loop" instead of "grouped" (with a warning) where grouped_mm cannot run."""
+        check_experts_implementation(name)
+        if name == "grouped" and not grouped_mm_supported(self.stacked[0] if self.stacked_given
+                                                          else self.experts[0].w1.weight):
+            warnings.warn("DeepSeek-V4 MoE: expert dims not 16-byte aligned for torch._grouped_mm; "
+                          "the routed experts keep the per-expert loop", stacklevel=3)
+            return "loop"
+        if name != "grouped" and self.stacked_given:
+            raise ValueError(f"experts_implementation {name!r}: this MoE holds only stacked expert weights "
+                             "(set_stacked_experts), which only the 'grouped' form runs")
+        return name
+
+    def set_experts_implementation(self, name: str) -> None:
+        """Switch the routed experts' form (see the class docstring). A stacked copy of `experts` is made
+        afresh here for "grouped" (so that a trace that follows captures it as constants, current with the
+        weights) and dropped for the other forms."""
+        self.experts_implementation = self.usable_form(name)
+        if not self.stacked_given:
+            self.stacked = None
+            if self.experts_implementation == "grouped":
+                self.stacked_weights()
+
+    def set_stacked_experts(self, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> None:
+        """Hold the routed experts as stacked weights (w1, w3 `[E, inter, hidden]`, w2 `[E, hidden, inter]`,
+        kept as given, not copied) and run them grouped; the per-expert modules are dropped. Where grouped_mm
+        cannot take them, per-expert modules are filled from them instead and the loop runs (with a warning)."""
+        n_experts, inter, hidden = w1.shape
+        if w3.shape != w1.shape or w2.shape != (n_experts, hidden, inter) or n_experts != self.gate.weight.shape[0]:
+            raise ValueError(f"set_stacked_experts: shapes w1 {tuple(w1.shape)}, w3 {tuple(w3.shape)}, "
+                             f"w2 {tuple(w2.shape)} do not fit {self.gate.weight.shape[0]} experts")
+        self.stacked, self.stacked_given = (w1, w3, w2), True
+        if self.usable_form("grouped") == "grouped":
+            self.experts, self.experts_implementation = nn.ModuleList(), "grouped"
+            return
+        self.stacked, self.stacked_given = None, False
+        self.experts = nn.ModuleList(Expert(hidden, inter, self.limit) for _ in range(n_experts))
+        with torch.no_grad():
+            for e, expert in enumerate(self.experts):
+                for w, stack in zip((expert.w1, expert.w3, expert.w2), (w1, w3, w2)):
+                    w.weight.copy_(stack[e])
+        self.experts_implementation = "loop"
+
+    def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w1, w3, w2) `[E, out, in]`: as given to `set_stacked_experts`, else stacked from `experts` once
+        (kept until the form is set again)."""
+        if self.stacked is None:
+            with torch.no_grad():
+                self.stacked = tuple(torch.stack([getattr(e, n).weight.detach() for e in self.experts])
+                                     for n in ("w1", "w3", "w2"))
+        return self.stacked
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         picks, weights = self.gate(x, input_ids.reshape(-1))
+        if self.experts_implementation == "grouped":
+            out = self.grouped_experts(x, picks, weights)
+        elif self.experts_implementation == "dense":
+            out = self.dense_experts(x, picks, weights)
+        else:
+            out = self.loop_experts(x, picks, weights)
+        out = out + self.shared_experts(x).float()
+        return out.to(x.dtype).view(shape)
+
+    def loop_experts(self, x: torch.Tensor, picks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Routed output `[N, hidden]` (FP32): each expert on the tokens that picked it."""
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(picks == e)
             out = out.index_add(0, token, expert(x[token], weights[token, slot].unsqueeze(-1)).float())
-        out = out + self.shared_experts(x).float()
-        return out.to(x.dtype).view(shape)
+        return out
+
+    def dense_experts(self, x: torch.Tensor, picks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Routed output with every expert on every token; an unpicked expert gets routing weight 0 (exactly
+        no contribution), so no shape depends on the routing."""
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e, expert in enumerate(self.experts):
+            out = out + expert(x, (weights * (picks == e)).sum(-1, keepdim=True)).float()
+        return out
+
+    def grouped_experts(self, x: torch.Tensor, picks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Routed output as grouped matmuls over the N*k (token, expert) slots sorted by expert.
+
+        Why: traced, the loop is a dynamic-shape block per expert per layer, which OpenVINO's CPU plugin runs
+        on every call whether picked or not. `torch._grouped_mm` (transformers' `grouped_mm` experts form)
+        becomes opset17 `GroupedMatMul` over one `[E, out, in]` constant per projection, which the CPU plugin
+        lowers to `GatherMatmul`: a fixed op count per layer whatever E, and N*k rows of work. The stacked
+        constants have no `self.*` name; the precision policy names them from their consumer
+        (`<layers.N.ffn>/aten::_grouped_mm`). The "tiled" form of optimum-intel's `ov_batched_mm` patch is not
+        used: the CPU plugin fuses it only when Swish feeds on the gate MatMul directly, and V4's clamps sit
+        in between (it stays dense over all E experts).
+        """
+        w1, w3, w2 = self.stacked_weights()
+        k = picks.shape[-1]
+        slots = picks.reshape(-1)
+        order = torch.argsort(slots, stable=True)
+        experts = torch.arange(w1.shape[0], dtype=slots.dtype, device=slots.device)
+        offs = torch.searchsorted(slots[order], experts, right=True).to(torch.int32)  # end of each expert's group
+        token = torch.div(order, k, rounding_mode="floor")
+        xs = x[token]
+        hidden = swiglu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs),
+                        torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs), self.limit)
+        hidden = hidden * weights.reshape(-1)[order].unsqueeze(-1).to(hidden.dtype)
+        y = torch._grouped_mm(hidden, w2.transpose(1, 2), offs=offs)
+        return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add(0, token, y.float())
+
+
+def set_experts_implementation(module: nn.Module, name: str) -> None:
+    """Run every `MoE` under `module` in the form `name` ("loop", "grouped" or "dense"; see `MoE`).
+    "grouped" falls back to "loop", with a warning, where torch._grouped_mm cannot take the expert dims."""
+    check_experts_implementation(name)
+    for moe in module.modules():
+        if isinstance(moe, MoE):
+            moe.set_experts_implementation(name)
+
+
+def set_state_layout(module: nn.Module, name: str) -> None:
+    """Store and read the decode state of every attention, compressor and indexer under `module` in the
+    layout `name`: "growing" (`GrowingState`, the default) or "fixed" (`FixedState`)."""
+    if name not in STATE_LAYOUTS:
+        raise ValueError(f"state layout {name!r}: choose one of {', '.join(STATE_LAYOUTS)}")
+    for m in module.modules():
+        if isinstance(m, (Attention, Compressor, Indexer)):
+            m.state_layout = STATE_LAYOUTS[name]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -840,4 +1091,11 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
         }
 
 
-__all__ = ["DeepseekV4PreTrainedModel", "DeepseekV4Model", "DeepseekV4ForCausalLM", "DeepseekV4Cache"]
+__all__ = [
+    "DeepseekV4PreTrainedModel",
+    "DeepseekV4Model",
+    "DeepseekV4ForCausalLM",
+    "DeepseekV4Cache",
+    "set_experts_implementation",
+    "set_state_layout",
+]
