@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import openvino as ov  # noqa: E402
 import torch  # noqa: E402
 
-from deepseek_v4_ov.convert import trace as ov_convert  # noqa: E402
+from deepseek_v4_ov.convert.pieces import convert_model  # noqa: E402
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
 from deepseek_v4_ov.checkpoint.toy import build_toy_model  # noqa: E402
 from toy.presets import PRESETS  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
     for experts in args.experts:
         model = model_for(experts)
         start = time.perf_counter()
-        ov_model = ov_convert.convert(model)
+        ov_model = convert_model(model)
         convert_s = time.perf_counter() - start
         lm = OVCausalLM(ov_model, "CPU", F32_CONFIG, core=core)
         row = {"experts": experts, "convert_s": convert_s, "compile_s": lm.timings.compile_s,
@@ -145,7 +145,7 @@ def main() -> None:
 
     # ---- (a) context: stateful (the 8-expert IR) vs prefill-only
     start = time.perf_counter()
-    prefill_ir = ov_convert.convert(base_model, prefill_only=True)
+    prefill_ir = convert_model(base_model, prefill_only=True)
     po = OVCausalLM(prefill_ir, "CPU", F32_CONFIG, core=core)
     print(f"  prefill-only IR converted ({time.perf_counter() - start:.0f} s)", flush=True)
     ctx_rows = []

@@ -49,7 +49,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                                           "reading no weights")
     p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's "
                                                            "FP4/FP8 codes kept as f4e2m1/f8e4m3 + f8e8m0; default fp32)")
-    p.add_argument("--streaming", action="store_true", help="build the IR block by block in bounded memory")
+    p.add_argument("--streaming", action="store_true", help="accepted for compatibility: the IR is always built "
+                                                            "piece by piece (one layer's weights at a time)")
+    p.add_argument("--whole", action="store_true", help="trace the model as one piece (all weights at once; the "
+                                                        "same IR, for checks)")
     p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 32; -1 per channel)")
     p.add_argument("--sym", action="store_true", help="symmetric int8/int4 (no zero point)")
     p.add_argument("--ratio", type=float, help="4-bit share of the routed-expert weights, the rest in the backup "
@@ -67,7 +70,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from deepseek_v4_ov.export.pipeline import export
+    from deepseek_v4_ov.export.options import ExportOptions
+    from deepseek_v4_ov.export.pipeline import run
 
     if args.dry_run:
         from deepseek_v4_ov.checkpoint.dryrun import dry_run
@@ -76,10 +80,11 @@ def run_export(args: argparse.Namespace) -> None:
         return
     if args.output is None:
         raise ValueError("OUTPUT is required (or pass --dry-run)")
-    export(args.model, args.output, weight_format=args.weight_format, group_size=args.group_size, sym=args.sym,
-           ratio=args.ratio, backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
-           group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
-           overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer, streaming=args.streaming)
+    run(ExportOptions(args.model, args.output, weight_format=args.weight_format, group_size=args.group_size,
+                      sym=args.sym, ratio=args.ratio, backup_precision=args.backup_precision,
+                      all_layers=args.all_layers, awq=args.awq, group_size_fallback=args.group_size_fallback,
+                      prefill_only=args.prefill_only, overwrite=args.overwrite,
+                      convert_tokenizer=not args.disable_convert_tokenizer, whole=args.whole))
 
 
 def add_parity(sub: argparse._SubParsersAction) -> None:

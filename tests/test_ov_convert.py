@@ -1,4 +1,4 @@
-"""The OpenVINO IR (deepseek_v4_ov.convert.trace) against the PyTorch port, in FP32.
+"""The OpenVINO IR (deepseek_v4_ov.convert.pieces) against the PyTorch port, in FP32.
 
 Tolerance: |logit difference| <= 1e-4 on logits of magnitude ~5 (both toys). Both sides compute in FP32 and
 differ only in summation order (matmuls, softmax over at most ~330 keys, 4-6 layers); measured differences
@@ -14,8 +14,12 @@ import openvino as ov
 import pytest
 import torch
 
-from deepseek_v4_ov.convert import trace as ov_convert
 from conftest import prompt
+from deepseek_v4_ov.convert.pieces import Piece, convert_model, units_of
+from deepseek_v4_ov.convert.stateful import GUARD_NAME, INPUT_PREFIX, OUTPUT_PREFIX
+from deepseek_v4_ov.export.folder import IR_XML, openvino_config, write_folder
+from deepseek_v4_ov.checkpoint.toy import BUNDLED_FILES
+from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
 
 TOL = 1e-4
 PREFILL_LENGTHS = [*range(1, 141), *range(290, 311)]  # every residue of 4 and of 128, across 128 and 256
@@ -24,8 +28,8 @@ PREFILL_LENGTHS = [*range(1, 141), *range(290, 311)]  # every residue of 4 and o
 def _convert(toy, name: str):
     folder, model = toy(name)
     model = model.float().eval()
-    ov_model = ov_convert.convert(model)
-    compiled = ov.Core().compile_model(ov_model, "CPU", ov_convert.F32_HINT)
+    ov_model = convert_model(model)
+    compiled = ov.Core().compile_model(ov_model, "CPU", F32_CONFIG)
     return folder, model, ov_model, compiled
 
 
@@ -60,10 +64,10 @@ def run_chunks(request: ov.InferRequest, ids: torch.Tensor, chunks: list[int]) -
 def test_interface(full_ir):
     _, model, ov_model, _ = full_ir
     assert [p.get_any_name() for p in ov_model.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
-    assert [p.get_any_name() for p in ov_model.outputs] == ["logits", ov_convert.GUARD_NAME]
-    empty = ov_convert.decoder_state(model, 1)
+    assert [p.get_any_name() for p in ov_model.outputs] == ["logits", GUARD_NAME]
+    empty = Piece(model.config, units_of(model.config)).empty_state(1)
     variables = {op.get_variable_id() for op in ov_model.get_ops() if op.get_type_name() == "ReadValue"}
-    assert variables == {f"{ov_convert.INPUT_PREFIX}{n}{ov_convert.OUTPUT_PREFIX}{n}" for n in empty}
+    assert variables == {f"{INPUT_PREFIX}{n}{OUTPUT_PREFIX}{n}" for n in empty}
     assert not any(n.startswith("mtp") for n in empty)
 
 
@@ -100,7 +104,7 @@ def test_chunked_prefill_and_decode(full_ir, batch):
 
 
 def test_second_infer_request(seed_ir):
-    """Regression for the CPU plugin's fused state initialisers (see ov_convert.make_stateful): after one
+    """Regression for the CPU plugin's fused state initialisers (see convert/stateful.make_stateful): after one
     request prefilled and decoded, a fresh request must start from an empty state. Also checks that no
     MemoryInput of the compiled graph carries a fused initialiser."""
     _, model, _, compiled = seed_ir
@@ -123,10 +127,10 @@ def test_second_infer_request(seed_ir):
 
 def test_prefill_only(full_ir):
     _, model, _, _ = full_ir
-    ov_model = ov_convert.convert(model, prefill_only=True)
+    ov_model = convert_model(model, prefill_only=True)
     assert [p.get_any_name() for p in ov_model.inputs] == ["input_ids", "attention_mask"]
     assert [p.get_any_name() for p in ov_model.outputs] == ["logits"] and not ov_model.get_sinks()
-    request = ov.Core().compile_model(ov_model, "CPU", ov_convert.F32_HINT).create_infer_request()
+    request = ov.Core().compile_model(ov_model, "CPU", F32_CONFIG).create_infer_request()
     ids = prompt(300, batch=2)
     with torch.no_grad():
         ref = model(ids).logits.numpy()
@@ -149,10 +153,12 @@ def test_optimum_intel_generate(request, tmp_path, name):
     from optimum.intel import OVModelForCausalLM
 
     folder, model, ov_model, _ = request.getfixturevalue(f"{name}_ir")
-    out = ov_convert.save(ov_model, model, tmp_path / "ir", source=folder)
+    out = tmp_path / "ir"
+    ov.save_model(ov_model, out / IR_XML, compress_to_fp16=False)  # the IR as traced, saved with the one writer
+    write_folder(out, folder, model.config, openvino_config("fp32", False, {}, 1, folder, "fp32"), tokenizer=False)
     assert {p.name for p in out.iterdir()} >= {"openvino_model.xml", "openvino_model.bin", "config.json",
-                                               "generation_config.json", *ov_convert.BUNDLED_FILES}
-    ov_lm = OVModelForCausalLM.from_pretrained(out, trust_remote_code=True, ov_config=ov_convert.F32_HINT)
+                                               "generation_config.json", *BUNDLED_FILES}
+    ov_lm = OVModelForCausalLM.from_pretrained(out, trust_remote_code=True, ov_config=F32_CONFIG)
     assert ov_lm.stateful and ov_lm.use_cache
     ids = prompt(300)
     for beams in (1, 2):

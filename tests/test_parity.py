@@ -75,11 +75,11 @@ def test_reports_are_written(parity_run, tmp_path):
     assert "max|dlogit|" in parity.format_table(list(cells.values()))
 
 
-def test_layer_drift_locates_differences(toy):
-    model = toy("seed")[1]
+def test_layer_drift_locates_differences(toy, tmp_path):
+    folder, model = toy("seed")
     prompts = parity.prompt_set(model.config.vocab_size, (200, 200), seed=3)
-    fp32 = parity.layer_drift(model, "fp32", prompts)
-    int4 = parity.layer_drift(model, "int4", prompts)
+    fp32 = parity.layer_drift(folder, "fp32", prompts, tmp_path)
+    int4 = parity.layer_drift(folder, "int4", prompts, tmp_path)
     assert [r["output"] for r in fp32] == [f"layer {i}" for i in range(4)] + ["logits"]
     assert max(r["vs_pytorch"] for r in fp32) <= 1e-4
     assert int4[0]["vs_pytorch"] > 1e-3  # int4 weights change layer 0 already...

@@ -56,24 +56,65 @@ def write_shards(folder: Path, tensors: dict[str, torch.Tensor], max_shard_bytes
     return weight_map
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(output: Path) -> None:
+    """Remove the temporary folders that an earlier run killed before it finished left beside `output`
+    (named `.<output>.partial-<pid>-*`, its pid no longer running)."""
+    for stale in output.parent.glob(f".{output.name}.partial-*"):
+        pid = stale.name.removeprefix(f".{output.name}.partial-").split("-")[0]
+        if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextmanager
 def atomic_output_dir(output: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside `output`; on success it replaces `output`, on failure it is removed,
-    so an interrupted run never leaves a half-written folder. An existing non-empty `output` needs
-    `overwrite`."""
+    """Yield a temporary folder beside `output`; on success it replaces `output` in one atomic step (the two
+    folders are exchanged, then the old one removed), on failure it is removed. A run killed at any point
+    therefore leaves `output` either as it was or complete, and its temporary folder is removed by the next
+    run. An existing non-empty `output` needs `overwrite`."""
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    _remove_stale_partials(output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-{os.getpid()}-", dir=output.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; safetensors writes 0600 files
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        if not output.exists():
+            os.rename(tmp, output)
+        elif _exchange(tmp, output):
+            shutil.rmtree(tmp)  # now the old content
+        else:  # no renameat2: a short window in which `output` is missing
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-{os.getpid()}-", dir=output.parent))
+            os.rmdir(old)
+            os.rename(output, old)
+            os.rename(tmp, output)
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

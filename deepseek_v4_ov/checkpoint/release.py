@@ -29,6 +29,8 @@ from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, DeepseekV4Config
 FP8, FP4, BF16, F32, I64 = "fp8", "fp4", "bf16", "f32", "i64"
 FORMATS = ("fp8", "bf16", "fp32")  # "fp8" is the release layout (FP8 + FP4 experts + E8M0 scales)
 
+# config.json keys that describe the release's storage, not the model (dropped from a loaded or exported model)
+STORAGE_ONLY_KEYS = ("quantization_config", "expert_dtype")
 QUANTIZATION_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
 EXPERT_DTYPE = "fp4"
 
@@ -297,3 +299,21 @@ def load_state_dict(source: Path | str | Checkpoint, config: DeepseekV4Config | 
                     ) -> dict[str, torch.Tensor]:
     """The whole state dict of a checkpoint folder (or validated checkpoint), keyed by port parameter name."""
     return dict(iter_state_dict(source, config))
+
+
+def load_model(source: Path | str | Checkpoint):
+    """The port in FP32, eval mode, with the checkpoint's exact weights (every weight held at once: for the
+    PyTorch reference side of checks, not for exporting)."""
+    from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
+
+    checkpoint = source if isinstance(source, Checkpoint) else Checkpoint(Path(source))
+    config = checkpoint.config
+    # the port holds dequantised FP32 weights: the storage description does not apply to it (and OpenVINO's
+    # PyTorch frontend reads `config.quantization_config` as a transformers quantiser object)
+    for key in STORAGE_ONLY_KEYS:
+        if hasattr(config, key):
+            delattr(config, key)
+    model = DeepseekV4ForCausalLM(config).float().eval()
+    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
+                           for k, v in checkpoint.iter_tensors()}, strict=True)
+    return model

@@ -446,6 +446,14 @@ class GroupPrecision:
             extra = f" + scales/zp {', '.join(f'{t} {n:,}' for t, n in sorted(self.scales.items()))} ({gs})"
         return f"{w}{extra}"
 
+    def add(self, other: GroupPrecision) -> None:
+        """Accumulate another part's figures (the pieces of one export)."""
+        for mine, theirs in ((self.weights, other.weights), (self.scales, other.scales)):
+            for t, n in theirs.items():
+                mine[t] = mine.get(t, 0) + n
+        self.nbytes += other.nbytes
+        self.group_sizes |= other.group_sizes
+
 
 def _nbytes(node) -> int:
     shape = node.get_output_partial_shape(0).to_shape()

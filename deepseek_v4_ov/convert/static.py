@@ -44,14 +44,10 @@ from openvino.passes import MakeStateful, Manager
 from torch import nn
 
 from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA
-from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4Cache, DeepseekV4ForCausalLM, set_state_layout
-from deepseek_v4_ov.convert.trace import (
-    INPUT_PREFIX,
-    OUTPUT_PREFIX,
-    _make_topk_stable,
-    _name_ports,
-    experts_implementation,
+from deepseek_v4_ov.model.modeling_deepseek_v4 import (
+    MoE, DeepseekV4Cache, DeepseekV4ForCausalLM, set_experts_implementation, set_state_layout,
 )
+from deepseek_v4_ov.convert.stateful import INPUT_PREFIX, OUTPUT_PREFIX, make_topk_stable, name_ports
 from deepseek_v4_ov.runtime.ov_lm import OVCausalLM, read_ir
 
 POSITION = "position"
@@ -84,12 +80,15 @@ def state_shapes(model: DeepseekV4ForCausalLM, max_len: int) -> dict[str, tuple[
 def static_forms(model: nn.Module):
     """Within the block the modules of `model` keep their state in the fixed layout and run every routed
     expert ("dense"); the growing layout and each MoE's own form come back on exit."""
-    with experts_implementation(model, "dense"):
-        set_state_layout(model, "fixed")
-        try:
-            yield
-        finally:
-            set_state_layout(model, "growing")
+    before = [(m, m.experts_implementation) for m in model.modules() if isinstance(m, MoE)]
+    set_experts_implementation(model, "dense")
+    set_state_layout(model, "fixed")
+    try:
+        yield
+    finally:
+        set_state_layout(model, "growing")
+        for m, form in before:
+            m.set_experts_implementation(form)
 
 
 class StaticDecoder(nn.Module):
@@ -143,9 +142,9 @@ def convert(model: DeepseekV4ForCausalLM, max_len: int, stateful: bool = True) -
             for n, s in decoder.shapes.items()
         ]
         ov_model = ov.convert_model(decoder, example_input=example, input=inputs)
-    _name_ports(ov_model, ["input_ids", *(INPUT_PREFIX + n for n in decoder.names)],
+    name_ports(ov_model, ["input_ids", *(INPUT_PREFIX + n for n in decoder.names)],
                 ["logits", *(OUTPUT_PREFIX + n for n in decoder.names)])
-    _make_topk_stable(ov_model)
+    make_topk_stable(ov_model)
     _name_folded_weights(ov_model, model)
     if stateful:
         manager = Manager()

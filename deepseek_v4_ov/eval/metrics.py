@@ -5,7 +5,7 @@ Used by the parity harness and the tests. Inputs are FP32 arrays/tensors of logi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -21,9 +21,6 @@ class LogitStats:
     kl_mean: float
     kl_max: float
     positions: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def compare_logits(reference: torch.Tensor, other: torch.Tensor) -> LogitStats:

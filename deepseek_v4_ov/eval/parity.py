@@ -149,8 +149,9 @@ def run(
     log=print,
 ) -> tuple[list[Cell], dict]:
     """Export, run and compare; return the cells and run metadata."""
-    from deepseek_v4_ov.export.pipeline import export, load_model
+    from deepseek_v4_ov.checkpoint.release import load_model
     from deepseek_v4_ov.checkpoint.layout import read_config
+    from deepseek_v4_ov.export.pipeline import export
 
     model_dir, workdir = Path(model_dir), Path(workdir)
     config = read_config(model_dir)
@@ -159,7 +160,7 @@ def run(
     lengths = default_lengths(config, prompts)
     prompt_ids = prompt_set(config.vocab_size, lengths, seed=0)
     log(f"[parity] reference: PyTorch port (FP32) on prompts of {list(lengths)} tokens, {new_tokens} new tokens")
-    model = load_model(model_dir, config).float().eval()
+    model = load_model(model_dir).float().eval()
     ref = reference_outputs(model, prompt_ids, new_tokens)
     static_len = max(lengths) + new_tokens
 
@@ -270,54 +271,52 @@ def write_reports(cells: list[Cell], meta: dict, report: Path) -> tuple[Path, Pa
 # ------------------------------------------------------------------------------------------------------
 # Per-layer drift
 # ------------------------------------------------------------------------------------------------------
-class _LayerStreams(torch.nn.Module):
-    """Prefill from empty state returning the logits and the mHC streams after every layer."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor):
-        m = self.model
-        cache = m.empty_cache(input_ids.shape[0], input_ids.device)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
-        streams: list[torch.Tensor] = []
-        final = m.trunk(input_ids, positions, cache, streams)
-        return (m.head(m.head_hidden(final, m, m.norm)).float(), *streams)
-
-
-def layer_drift(model, weight_format: str, prompts: list[torch.Tensor]) -> list[dict]:
+def layer_drift(model_dir: Path, weight_format: str, prompts: list[torch.Tensor], workdir: Path) -> list[dict]:
     """Where a difference starts: per layer, max |streams IR - streams PyTorch| for each prompt alone
-    (`vs_pytorch`), and max |IR batch of 2 - IR row alone| (`batch2_vs_batch1`), on CPU in FP32.
+    (`vs_pytorch`), and max |IR batch of 2 - IR row alone| (`batch2_vs_batch1`), on CPU in FP32, one prefill
+    from a reset state.
 
-    The IR is a debug export (prefill-only, every layer's streams as outputs) compressed like the real one.
-    """
-    from deepseek_v4_ov.compress.policy import compress
+    The IR is the one `export` ships (`model_dir` exported in `weight_format`), with each layer's output
+    streams, which the stitch names `layers.{i}.streams`, added as outputs."""
+    from deepseek_v4_ov.checkpoint.release import load_model
+    from deepseek_v4_ov.export.folder import IR_XML
+    from deepseek_v4_ov.export.pipeline import export
+
+    model = load_model(model_dir).eval()
+    layers = len(model.layers)
+    out = Path(workdir) / f"{weight_format}-drift"
+    export(model_dir, out, weight_format=weight_format, overwrite=True, convert_tokenizer=False,
+           log=lambda line: None)
+    ov_model = ov.Core().read_model(str(out / IR_XML))
+    ov_model.add_outputs([f"layers.{i}.streams" for i in range(layers)])
+    runner = OVCausalLM(ov_model, "CPU", dict(F32_CONFIG))
+    names = ["logits"] + [f"layers.{i}.streams" for i in range(layers)]
+
+    def ir(ids: np.ndarray) -> list[np.ndarray]:
+        runner.reset()
+        runner(ids)
+        return [np.array(runner.request.get_tensor(name).data) for name in names]
 
     n = min(p.shape[1] for p in prompts[:2])
     rows = torch.cat([p[:, :n] for p in prompts[:2]], 0)
-    wrapper = _LayerStreams(model).eval()
+    expected = []
     with torch.no_grad():
-        ov_model = ov.convert_model(wrapper, example_input=(rows,), input=[ov.PartialShape([-1, -1])])
-        expected = [[t.float().numpy() for t in wrapper(rows[i : i + 1])] for i in range(2)]
-    ov_model = compress(ov_model, weight_format)
-    request = ov.Core().compile_model(ov_model, "CPU", dict(F32_CONFIG)).create_infer_request()
-    alone = [[np.array(t.data) for t in request.infer({0: rows[i : i + 1].numpy()}).values()] for i in range(2)]
-    both = [np.array(t.data) for t in request.infer({0: rows.numpy()}).values()]
-    names = ["logits"] + [f"layer {i}" for i in range(len(model.layers))]
-    # outputs come back in port order: logits first, then layer 0.. L-1; report layers first, logits last
-    order = list(range(1, len(names))) + [0]
+        for i in range(2):
+            streams: list[torch.Tensor] = []
+            ids = rows[i : i + 1]
+            cache = model.empty_cache(1)
+            final = model.trunk(ids, torch.arange(n)[None], cache, streams)
+            logits = model.head(model.head_hidden(final, model, model.norm)).float()
+            expected.append([t.float().numpy() for t in (logits, *streams)])
+    alone = [ir(rows[i : i + 1].numpy()) for i in range(2)]
+    both = ir(rows.numpy())
+    labels = ["logits"] + [f"layer {i}" for i in range(layers)]
+    order = list(range(1, len(labels))) + [0]  # layers first, logits last
     return [
         {
-            "output": names[k],
+            "output": labels[k],
             "vs_pytorch": float(max(np.abs(alone[i][k] - expected[i][k]).max() for i in range(2))),
             "batch2_vs_batch1": float(max(np.abs(both[k][i] - alone[i][k][0]).max() for i in range(2))),
         }
         for k in order
     ]
-
-
-def format_drift(rows: list[dict]) -> str:
-    lines = [f"{'output':10s}  {'|IR - PyTorch|':>15s}  {'|batch2 - batch1|':>18s}"]
-    lines += [f"{r['output']:10s}  {r['vs_pytorch']:15.2e}  {r['batch2_vs_batch1']:18.2e}" for r in rows]
-    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Join piece IRs (`convert/pieces.py`) at the file level into one IR, without loading a weight.
+
+XML: the pieces' graphs are merged in order; a piece's Parameter named like an earlier piece's link output
+(`streams`, `positions`, `state_init_guard`) is replaced by that output, and one named like a model input
+is merged into it. Outputs keep the whole-model order (logits first).
+
+.bin: canonical. Every constant's bytes are hashed; identical blobs are stored once (within and across
+pieces, as `ov.save_model` does within one model), in order of their SHA-256, and each Const points at
+its blob. The file therefore depends only on the set of constants, not on how the model was cut into
+pieces: a one-piece and a per-layer export of the same model give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from deepseek_v4_ov.convert.pieces import LINKS
+from deepseek_v4_ov.convert.stateful import GUARD_NAME
+
+_CHUNK = 16 << 20
+
+
+class _Blobs:
+    """Constant blobs of the pieces by content: `add` each Const's data element, then `write` the .bin."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, tuple[Path, int, int]] = {}  # sha256 -> (piece .bin, offset, size)
+        self.users: dict[str, list[ET.Element]] = {}
+
+    def add(self, data: ET.Element, path: Path) -> None:
+        offset, size = int(data.get("offset")), int(data.get("size"))
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            left = size
+            while left:
+                chunk = f.read(min(left, _CHUNK))
+                if not chunk:
+                    raise ValueError(f"{path}: constant at {offset} (+{size}) lies past the end of the file")
+                digest.update(chunk)
+                left -= len(chunk)
+        key = f"{digest.hexdigest()}:{size}"
+        self.where.setdefault(key, (path, offset, size))
+        self.users.setdefault(key, []).append(data)
+
+    def write(self, bin_out: Path) -> None:
+        with open(bin_out, "wb") as out:
+            for key in sorted(self.where):
+                path, offset, size = self.where[key]
+                for data in self.users[key]:
+                    data.set("offset", str(out.tell()))
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    left = size
+                    while left:
+                        chunk = f.read(min(left, _CHUNK))
+                        out.write(chunk)
+                        left -= len(chunk)
+
+
+def _port_names(layer: ET.Element, port_id: str) -> set[str]:
+    out = layer.find("output")
+    for port in out.findall("port") if out is not None else []:
+        if port.get("id") == port_id:
+            return {n for n in (port.get("names") or "").split(",") if n}
+    return set()
+
+
+def stitch(pieces: list[Path], xml_out: Path, labels: list[str] | None = None) -> None:
+    """Merge piece IRs (in order) into one IR at `xml_out` (+ .bin): see the module docstring. The weights
+    are copied file to file, never loaded. With `labels` (one per piece, e.g. "layers.3"), the link tensors
+    between pieces keep a name, `<label>.<link>` ("layers.3.streams"), so that a per-layer check can read
+    them from the shipped graph (`eval/parity.layer_drift`)."""
+    links = (*LINKS, GUARD_NAME)
+    net, rt = None, None
+    layers_out: list[ET.Element] = []
+    edges_out: list[tuple[str, str, str, str]] = []
+    next_id = 0
+    inputs: dict[str, tuple[str, str]] = {}  # model input name -> (layer id, port)
+    current: dict[str, tuple[str, str, str]] = {}  # link name -> (producer id, port, Result id), latest
+    consumed: set[str] = set()  # Result ids whose value a later piece reads: dropped at the end
+    blobs = _Blobs()
+    origin: dict[str, str] = {}  # layer id -> label of its piece
+    for k, xml in enumerate(pieces):
+        root = ET.parse(xml).getroot()
+        if net is None:
+            net, rt = ET.Element("net", dict(root.attrib)), root.find("rt_info")
+        layers = {lay.get("id"): lay for lay in root.find("layers")}
+        edges = [(e.get("from-layer"), e.get("from-port"), e.get("to-layer"), e.get("to-port"))
+                 for e in root.find("edges")]
+        ids: dict[str, str] = {}
+        redirect: dict[str, tuple[str, str]] = {}  # dropped Parameter -> (producer id, port)
+        for lid, lay in layers.items():
+            if lay.get("type") == "Parameter":
+                port = lay.find("output/port").get("id")
+                names = _port_names(lay, port)
+                link = next((n for n in names if n in current), None)
+                if link is not None:
+                    producer, pport, result = current[link]
+                    redirect[lid] = (producer, pport)
+                    consumed.add(result)
+                    continue
+                known = next((n for n in names if n in inputs), None)
+                if known is not None:
+                    redirect[lid] = inputs[known]
+                    continue
+                ids[lid] = str(next_id)
+                inputs.update(dict.fromkeys(names, (str(next_id), port)))
+            else:
+                ids[lid] = str(next_id)
+            next_id += 1
+        for lid, lay in layers.items():
+            if lid in redirect:
+                continue
+            lay.set("id", ids[lid])
+            if labels is not None:
+                origin[ids[lid]] = labels[k]
+            if lay.get("type") == "Const":
+                blobs.add(lay.find("data"), xml.with_suffix(".bin"))
+            layers_out.append(lay)
+        for f, fp, t, tp in edges:
+            src = redirect.get(f, (ids.get(f), fp))
+            edges_out.append((src[0], src[1], ids[t], tp))
+            if layers[t].get("type") == "Result":
+                for n in _port_names(layers[f], fp) & set(links):
+                    current[n] = (src[0], src[1], ids[t])
+    layers_out = [lay for lay in layers_out if lay.get("id") not in consumed]
+    edges_out = [e for e in edges_out if e[2] not in consumed]
+    # tensor names: model inputs and outputs keep theirs; elsewhere a name is kept once (pieces are traced
+    # separately, so internal names may repeat) and link names are removed or, with labels, qualified
+    result_ids = {lay.get("id") for lay in layers_out if lay.get("type") == "Result"}
+    outputs = {(e[0], e[1]) for e in edges_out if e[2] in result_ids}
+    input_ids = {i for i, _ in inputs.values()}
+    seen: set[str] = set()
+    for lay in layers_out:
+        out = lay.find("output")
+        for port in out.findall("port") if out is not None else []:
+            if "names" not in port.attrib:
+                continue
+            key = (lay.get("id"), port.get("id"))
+            names = [n for n in port.get("names").split(",") if n]
+            if lay.get("id") not in input_ids and key not in outputs:
+                names = [n if n not in links else f"{origin[lay.get('id')]}.{n}"
+                         for n in names if n not in seen and (n not in links or lay.get("id") in origin)]
+            seen.update(names)
+            if names:
+                port.set("names", ",".join(names))
+            else:
+                del port.attrib["names"]
+    # outputs in the whole-model IR's order: logits first, then state_init_guard
+    results = {lay.get("id"): lay for lay in layers_out if lay.get("type") == "Result"}
+    producer_names = {e[2]: _port_names(next(x for x in layers_out if x.get("id") == e[0]), e[1])
+                      for e in edges_out if e[2] in results}
+    order = sorted(results, key=lambda r: "logits" not in producer_names.get(r, set()))
+    layers_out = [lay for lay in layers_out if lay.get("type") != "Result"] + [results[r] for r in order]
+    layers_el = ET.SubElement(net, "layers")
+    layers_el.extend(layers_out)
+    edges_el = ET.SubElement(net, "edges")
+    for f, fp, t, tp in edges_out:
+        ET.SubElement(edges_el, "edge", {"from-layer": f, "from-port": fp, "to-layer": t, "to-port": tp})
+    if rt is not None:
+        net.append(rt)
+    blobs.write(xml_out.with_suffix(".bin"))
+    ET.ElementTree(net).write(xml_out, encoding="utf-8", xml_declaration=True)

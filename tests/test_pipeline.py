@@ -1,0 +1,98 @@
+"""The one export pipeline: the checkpoint is read once, a piece-wise and a one-piece export give the same
+files, and an export killed at any stage leaves OUTPUT as it was."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from deepseek_v4_ov.checkpoint import layout
+from deepseek_v4_ov.checkpoint.toy import write_toy
+from deepseek_v4_ov.export import pipeline
+from toy.presets import PRESETS
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A two-layer (CSA + HCA) `seed` toy in the release layout, in several shards: small, so that the
+    exports below stay cheap (tests/test_streaming.py runs the same checks on `full`)."""
+    src = tmp_path_factory.mktemp("pipeline") / "seed2-fp8"
+    write_toy(src, {**PRESETS["seed"], "num_hidden_layers": 2, "compress_ratios": [4, 128]}, seed=0, fmt="fp8",
+              max_shard_bytes=200_000)
+    assert len(list(src.glob("model-*.safetensors"))) > 2
+    return src
+
+
+def test_each_shard_header_is_read_once(sharded, tmp_path, monkeypatch):
+    """One export (validation, every piece's weights, native codes) reads every shard header exactly once."""
+    reads: dict[str, int] = {}
+    real = layout.read_header
+
+    def counting(path):
+        reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(layout, "read_header", counting)
+    pipeline.export(sharded, tmp_path / "out", weight_format="native", convert_tokenizer=False, log=lambda line: None)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert reads == dict.fromkeys(shards, 1)
+
+
+def test_piecewise_and_whole_exports_are_the_same(sharded, tmp_path):
+    """The default export (a piece per layer) and the one-piece export give a byte-identical .bin and the
+    same openvino_config.json keys; the XML differs only in how the pieces are joined (tests/test_streaming.py
+    checks that both run the same)."""
+    outs = {}
+    for whole in (False, True):
+        out = tmp_path / f"whole-{whole}"
+        pipeline.export(sharded, out, weight_format="int4", whole=whole, convert_tokenizer=False, log=lambda line: None)
+        outs[whole] = out
+    a, b = ((outs[w] / "openvino_model.bin").read_bytes() for w in (False, True))
+    assert len(a) == len(b) and a == b
+    keys = [set(json.loads((outs[w] / "openvino_config.json").read_text())) for w in (False, True)]
+    assert keys[0] == keys[1] and {"dtype", "ir", "quantization_config", "precision_policy", "source"} <= keys[0]
+
+
+KILLED_EXPORT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from deepseek_v4_ov.export import pipeline, folder
+stage = {stage!r}
+if stage == "write-midway":  # die inside the write stage: config.json written, the bundled files not yet
+    copy = folder.shutil.copyfile
+    def dying(src, dst, *a, **k):
+        if str(dst).endswith(".py"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return copy(src, dst, *a, **k)
+    folder.shutil.copyfile = dying
+def log(line):
+    print(line, flush=True)
+    if stage != "write-midway" and line.startswith(f"[") and f"] {{stage}}:" in line:
+        os.kill(os.getpid(), signal.SIGKILL)
+pipeline.export({src!r}, {out!r}, weight_format="int8", overwrite=True, log=log)
+"""
+
+
+def test_killed_export_leaves_output_as_it_was(sharded, tmp_path):
+    """SIGKILL at the start of each stage, and in the middle of writing the folder: OUTPUT keeps its old
+    content every time; the temporary folders left beside it are removed by the next export, which
+    succeeds."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    for stage in ("validate", "convert", "stitch", "write", "write-midway"):
+        code = KILLED_EXPORT.format(root=str(ROOT), stage=stage, src=str(sharded), out=str(out))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (stage, proc.stdout[-2000:] + proc.stderr[-2000:])
+        assert sorted(p.name for p in out.iterdir()) == ["old.txt"], stage
+    assert len(list(tmp_path.iterdir())) > 1  # the killed runs' temporary folders
+    pipeline.export(sharded, out, weight_format="int8", overwrite=True, convert_tokenizer=False,
+                    log=lambda line: None)
+    assert (out / "openvino_model.bin").is_file() and not (out / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
