@@ -18,6 +18,9 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=FORMATS, default="bf16", help="storage format of the weights")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="override one config.json field of the preset (repeatable; the value is JSON when it "
+                        "parses, e.g. --set n_routed_experts=256 --set 'compress_ratios=[4]', else a string)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
     p.set_defaults(run=run_toy)
 
@@ -25,11 +28,13 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
 def run_toy(args: argparse.Namespace) -> None:
     from toy.presets import PRESETS
 
-    from deepseek_v4_ov.checkpoint.toy import write_toy
+    from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
 
     start = time.perf_counter()
-    print(f"writing toy '{args.preset}' (seed {args.seed}, {args.format}) to {args.output}")
-    model = write_toy(args.output, PRESETS[args.preset], args.seed, args.format, overwrite=args.overwrite)
+    geometry = toy_config(PRESETS[args.preset], args.sets)
+    sets = "".join(f" {item}" for item in args.sets)
+    print(f"writing toy '{args.preset}'{sets} (seed {args.seed}, {args.format}) to {args.output}")
+    model = write_toy(args.output, geometry, args.seed, args.format, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     size = sum(f.stat().st_size for f in args.output.glob("*.safetensors"))
     shards = len(list(args.output.glob("*.safetensors")))
@@ -39,16 +44,21 @@ def run_toy(args: argparse.Namespace) -> None:
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
+    from deepseek_v4_ov.export.options import AUTO, RELEASE_DEFAULT_FORMAT
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
                                       "openvino`)")
     p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
     p.add_argument("output", type=Path, nargs="?", help="OUTPUT folder for the OpenVINO model")
     p.add_argument("--dry-run", action="store_true", help="check SRC's whole index (names, dtypes, shapes, scales) "
-                                                          "and print the mapping, projected sizes and peak memory, "
-                                                          "reading no weights")
-    p.add_argument("--weight-format", default="fp32", help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's "
-                                                           "FP4/FP8 codes kept as f4e2m1/f8e4m3 + f8e8m0; default fp32)")
+                                                          "and print the mapping and, per format and for this "
+                                                          "export, the projected IR size, conversion peak and "
+                                                          "runtime memory, reading no weights (with OUTPUT: also "
+                                                          "whether it fits there)")
+    p.add_argument("--weight-format", default=AUTO,
+                   help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's FP4/FP8 codes kept as "
+                        f"f4e2m1/f8e4m3 + f8e8m0) or auto (default: {RELEASE_DEFAULT_FORMAT} for a release-layout "
+                        "FP8/FP4 source, fp32 for BF16/FP32 sources such as the toys)")
     p.add_argument("--streaming", action="store_true", help="accepted for compatibility: the IR is always built "
                                                             "piece by piece (one layer's weights at a time)")
     p.add_argument("--whole", action="store_true", help="trace the model as one piece (all weights at once; the "
@@ -73,18 +83,35 @@ def run_export(args: argparse.Namespace) -> None:
     from deepseek_v4_ov.export.options import ExportOptions
     from deepseek_v4_ov.export.pipeline import run
 
-    if args.dry_run:
-        from deepseek_v4_ov.checkpoint.dryrun import dry_run
-
-        print(dry_run(args.model).format_table())
-        return
-    if args.output is None:
+    if args.output is None and not args.dry_run:
         raise ValueError("OUTPUT is required (or pass --dry-run)")
-    run(ExportOptions(args.model, args.output, weight_format=args.weight_format, group_size=args.group_size,
-                      sym=args.sym, ratio=args.ratio, backup_precision=args.backup_precision,
-                      all_layers=args.all_layers, awq=args.awq, group_size_fallback=args.group_size_fallback,
-                      prefill_only=args.prefill_only, overwrite=args.overwrite,
-                      convert_tokenizer=not args.disable_convert_tokenizer, whole=args.whole))
+    opts = ExportOptions(args.model, args.output or Path(), weight_format=args.weight_format,
+                         group_size=args.group_size, sym=args.sym, ratio=args.ratio,
+                         backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
+                         group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
+                         overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
+                         whole=args.whole)
+    if args.dry_run:
+        dry_run_export(opts, args.output is not None)
+    else:
+        run(opts)
+
+
+def dry_run_export(opts, check_output: bool) -> None:
+    """`export --dry-run`: the checkpoint's table, then this export's projection (and, with OUTPUT, the
+    disk check the export would make)."""
+    from deepseek_v4_ov.checkpoint.dryrun import dry_run, size_text
+    from deepseek_v4_ov.checkpoint.release import check_folder
+    from deepseek_v4_ov.export.pipeline import check_disk, projection_of
+
+    checkpoint = check_folder(opts.src)
+    chosen = f" (--weight-format auto for a {checkpoint.fmt} checkpoint)" if opts.auto else ""
+    projection = projection_of(checkpoint, opts.resolved(checkpoint.fmt))  # checks the options first
+    print(dry_run(checkpoint).format_table())
+    print(f"  this export: {projection.describe()}{chosen}")
+    if check_output:
+        check_disk(opts.output, projection)
+        print(f"  fits: ~{size_text(projection.disk_bytes)} needed where {opts.output} goes")
 
 
 def add_parity(sub: argparse._SubParsersAction) -> None:

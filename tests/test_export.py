@@ -27,8 +27,9 @@ from deepseek_v4_ov.compress.policy import (
     theoretical_bytes,
     weight_constants,
 )
-from deepseek_v4_ov.checkpoint.release import group_of, logical_tensors
+from deepseek_v4_ov.checkpoint.release import check_folder, group_of, logical_tensors
 from deepseek_v4_ov.checkpoint.toy import write_toy
+from deepseek_v4_ov.export.options import ExportOptions
 from toy.presets import PRESETS
 
 PUBLIC_MB = {"fp32": 6.33, "int8": 3.03, "int4": 2.71}  # the public seed toy's IR sizes (.bin + .xml)
@@ -137,6 +138,55 @@ def test_bad_output(toy, tmp_path, capsys):
     assert "is SRC or contains it" in capsys.readouterr().err
     assert run_cli("--model", tmp_path / "nowhere", tmp_path / "o2") == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_export_that_does_not_fit_is_refused(toy, tmp_path, capsys, monkeypatch):
+    """An export whose projected files (twice the IR weights: pieces + stitched) exceed the free space where
+    OUTPUT goes is refused before any work, naming the space needed and found; nothing is written. The
+    dry run with OUTPUT makes the same check."""
+    src = toy("seed")[0]
+    needed = exporter.projection_of(check_folder(src), ExportOptions(src, tmp_path / "o").resolved("fp32")).disk_bytes
+    free = {"bytes": needed - 1}
+    real = exporter.shutil.disk_usage
+    seen = []
+
+    def disk_usage(path):
+        seen.append(Path(path))
+        return real(path)._replace(free=free["bytes"])
+
+    monkeypatch.setattr(exporter.shutil, "disk_usage", disk_usage)
+    out = tmp_path / "new" / "out"  # the nearest existing folder is asked
+    assert run_cli("--model", src, out) == 2
+    stdout, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "the fp32 export needs ~" in err and f"but {tmp_path} has" in err, err
+    assert seen == [tmp_path] and "[2/" not in stdout and list(tmp_path.iterdir()) == []
+    assert run_cli("--model", src, "--dry-run", out) == 2
+    assert "the fp32 export needs ~" in capsys.readouterr().err
+    free["bytes"] = needed
+    assert run_cli("--model", src, "--dry-run", out) == 0
+    assert "fits:" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
+
+
+def test_weight_format_default_is_resolved_from_the_source(tmp_path):
+    """`auto` (the default): int4 for a release-layout (FP8/FP4) source, fp32 for BF16/FP32 sources;
+    explicit formats stay as given."""
+    opts = ExportOptions(tmp_path, tmp_path / "out")
+    assert opts.weight_format == "auto" and opts.auto
+    assert opts.resolved("fp8").weight_format == "int4"
+    assert opts.resolved("bf16").weight_format == opts.resolved("fp32").weight_format == "fp32"
+    for fmt in ("fp32", "int8", "native"):
+        assert ExportOptions(tmp_path, tmp_path / "o", weight_format=fmt).resolved("fp8").weight_format == fmt
+    with pytest.raises(ValueError, match="resolved"):
+        opts.compression()
+
+
+def test_auto_options_checked_against_the_resolved_format(toy, tmp_path, capsys):
+    """An NNCF option that does not apply to what `auto` chose is named with the choice."""
+    assert run_cli("--model", toy("seed")[0], "--sym", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "--sym applies to int8/int4/mxfp4 weight formats, not fp32 (--weight-format auto is fp32 for this " \
+           "fp32 checkpoint)" in err, err
+    assert leftovers(tmp_path, "out") == []
 
 
 def test_python_m_export_reports_one_line(toy, tmp_path):
@@ -329,6 +379,7 @@ def test_cli_dry_run_reads_no_weights(toy, tmp_path, capsys):
             f.truncate(size)
     assert cli.main(["export", "--model", str(stubs), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "mtp.* tensors 53" in out and "projected IR size" in out
+    assert "mtp.* tensors 53" in out and "projected per --weight-format" in out
+    assert "this export: fp32: IR weights ~" in out and "conversion peak ~" in out and "runtime ~" in out
     assert cli.main(["export", "--model", str(folder)]) == 2
     assert "OUTPUT is required" in capsys.readouterr().err

@@ -49,7 +49,8 @@ def native_export(tmp_path_factory):
     out = base / "full-native"
     assert cli.main(["export", "--model", str(src), str(out), "--weight-format", "native"]) == 0
     fp32 = base / "full-fp32"
-    assert cli.main(["export", "--model", str(src), str(fp32), "--disable-convert-tokenizer"]) == 0
+    assert cli.main(["export", "--model", str(src), str(fp32), "--weight-format", "fp32",
+                     "--disable-convert-tokenizer"]) == 0
     return src, model.eval(), out, fp32
 
 

@@ -11,17 +11,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepseek_v4_ov.checkpoint.dryrun import dry_run
+from deepseek_v4_ov import cli
+from deepseek_v4_ov.checkpoint.dryrun import RUNTIME_CONTEXT, decode_state_bytes, dry_run, project
 from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME, CheckpointError, CheckpointReader, read_config
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from deepseek_v4_ov.checkpoint.release import (
+    check_folder,
     expected_tensors,
     iter_state_dict,
     load_state_dict,
     logical_tensors,
 )
 from deepseek_v4_ov.checkpoint.toy import official_config_dict, write_toy
+from deepseek_v4_ov.compress.policy import CompressionOptions
 from toy.presets import PRESETS
 
 
@@ -142,10 +145,40 @@ def test_dry_run_counts_match_the_release(tmp_path):
     assert (report.tensors, report.scaled_weights, report.mtp_tensors) == (69_187, 34_167, 1_575)
     assert report.total_bytes == 159_609_485_896 == report.index_total_size
     assert report.shards == 46
-    assert report.projected["native"] == report.total_bytes
-    assert report.largest_unit.startswith(("layers.", "mtp."))
+    assert report.projected["native"] == report.total_bytes - report.mtp_bytes  # the IR has no MTP block
     table = report.format_table()
     assert "69,187" in table and "routed experts" in table and "int4" in table
+
+
+def test_dry_run_projects_size_peak_and_runtime(tmp_path, capsys):
+    """At the real geometry: fp32 is the ~1.1 TB the issue names, the default for a release-layout source
+    (int4) is ~15% of it, near the release's own codes (native); runtime = the IR's weights + the decode
+    state at 32k tokens; the CLI prints the chosen format's three figures (auto -> int4 here)."""
+    write_sparse_release(tmp_path, DeepseekV4Config())
+    checkpoint = check_folder(tmp_path)
+    report = dry_run(checkpoint)
+    p = report.projections
+    assert 1.10e12 < p["fp32"].ir_bytes < 1.15e12 and p["fp16"].ir_bytes * 2 == pytest.approx(p["fp32"].ir_bytes, 1e-3)
+    assert p["native"].ir_bytes < p["int4"].ir_bytes < 1.1 * p["native"].ir_bytes < p["int8"].ir_bytes
+    for proj in p.values():
+        assert proj.context == RUNTIME_CONTEXT and proj.runtime_bytes == proj.ir_bytes + proj.state_bytes
+        assert proj.ir_bytes / 40 < proj.peak_bytes < proj.ir_bytes  # one layer of 43 (+ stored + FP32 scratch)
+    assert p["int4"].state_bytes == decode_state_bytes(checkpoint.config, RUNTIME_CONTEXT)
+    assert project(checkpoint, "int4", CompressionOptions("int4", ratio=0.5)).ir_bytes > p["int4"].ir_bytes
+    assert cli.main(["export", "--model", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"this export: int4: IR weights ~{p['int4'].ir_bytes / 1e9:,.2f} GB" in out
+    assert "(--weight-format auto for a fp8 checkpoint)" in out and "runtime ~" in out
+
+
+def test_decode_state_matches_the_cache(fp8_toy):
+    """`decode_state_bytes` from the config equals the port's cache after a prompt whose length leaves every
+    open window one row short of full (383 = 3 mod 4 = 127 mod 128), the largest state of that length."""
+    _, model = fp8_toy
+    with torch.no_grad():
+        cache = model(torch.randint(2, 500, (1, 383))).past_key_values.tensors
+    held = sum(t.numel() * t.element_size() for k, t in cache.items() if k.startswith("layers."))
+    assert decode_state_bytes(model.config, 383) == held
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -59,6 +59,21 @@ def test_piecewise_and_whole_exports_are_the_same(sharded, tmp_path):
     assert keys[0] == keys[1] and {"dtype", "ir", "quantization_config", "precision_policy", "source"} <= keys[0]
 
 
+def test_release_source_defaults_to_int4(sharded, tmp_path):
+    """With no weight format (`auto`), a release-layout (FP8/FP4) source exports as int4 and records int4;
+    the projection is printed after validation and in the summary, and the IR's weights (.bin) come within
+    the projection plus the graph's own constants (RoPE tables, masks; ~0.2 MB at this size)."""
+    lines: list[str] = []
+    result = pipeline.export(sharded, tmp_path / "out", convert_tokenizer=False, log=lines.append)
+    ov_config = json.loads((tmp_path / "out" / "openvino_config.json").read_text())
+    assert ov_config["dtype"] == "int4" and ov_config["quantization_config"]["mode"] == "int4_asym"
+    assert any(line.strip().startswith("projected int4: IR weights ~") and line.endswith(
+        "(--weight-format auto for a fp8 checkpoint)") for line in lines), lines
+    assert "  projected int4: IR weights ~" in lines[-1] and "runtime ~" in lines[-1]
+    projected = result.projection.ir_bytes
+    assert projected < result.files["openvino_model.bin"] < projected + 400_000, (projected, result.files)
+
+
 KILLED_EXPORT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})

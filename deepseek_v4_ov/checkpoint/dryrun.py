@@ -1,20 +1,28 @@
 """`export --dry-run`: a whole checkpoint checked from config.json, the index and the shard headers (no weight
-is read), with counts by dtype and tensor group and projected IR sizes and peak memory per output format."""
+is read), with counts by dtype and tensor group, and per output format the projected IR size, conversion
+peak and runtime memory (`project`: the same figures the export prints and checks OUTPUT's free space by)."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 from pathlib import Path
 
 from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME
 from deepseek_v4_ov.checkpoint.release import (
-    BF16, F32, FP4, FP8, GROUPS, I64, check_folder, group_of, logical_tensors, storage_class, stored_entries,
+    GROUPS, Checkpoint, check_folder, group_of, logical_tensors, stored_entries,
 )
+from deepseek_v4_ov.compress.policy import WEIGHT_FORMATS, CompressionOptions, theoretical_bytes
+from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA
 
-PROJECTED_FORMATS = ("native", "bf16", "int8", "int4")
+PROJECTED_FORMATS = ("native", *WEIGHT_FORMATS)
+RUNTIME_CONTEXT = 32_768
+"""The context (tokens, batch 1) at which runtime memory is projected (the model's maximum if shorter)."""
+STATE_BYTES = 4  # the IR's states are f32
 
 
 def unit_of(name: str) -> str:
@@ -23,28 +31,123 @@ def unit_of(name: str) -> str:
     return m.group(0) if m else {"embed.weight": "embed", "head.weight": "head"}.get(name, "final norm/hc_head")
 
 
-def projected_bytes(name: str, shape: tuple[int, ...], fmt: str) -> int:
-    """Size of one port tensor in an exported IR (weights only), by format:
-    native = the release encodings kept (FP4/FP8 + E8M0 scales); bf16 = floats as BF16, F32 tensors kept;
-    int8 = 2-D weights as 8 bit + an FP16 scale per row; int4 = 2-D weights as 4 bit + an FP16 scale per
-    128 inputs, embed/head 8 bit per row. Zero points (asymmetric modes) are not counted."""
-    kind, numel = storage_class(name), prod(shape)
-    plain = {I64: 8, F32: 4}.get(kind, 2) * numel
-    if fmt == "native":
-        return sum(prod(s) * DTYPE_BYTES[d] for d, s in stored_entries(name, shape, "fp8").values())
-    matrix = kind in (FP8, FP4) or (kind == BF16 and len(shape) == 2)
-    if fmt == "bf16" or not matrix:
-        return plain
-    if fmt == "int8" or name in ("embed.weight", "head.weight"):
-        return numel + 2 * shape[0]
-    return numel // 2 + 2 * shape[0] * -(-shape[1] // 128)
+def exported(name: str) -> bool:
+    """Whether the IR holds the tensor: the MTP block is not exported (the IR computes the main model)."""
+    return not name.startswith("mtp.")
 
 
-def _size(nbytes: int) -> str:
+def tensor_bytes(config, weight_format: str,
+                 compression: CompressionOptions | None = None) -> Callable[[str, tuple[int, ...], str], float]:
+    """Bytes of one port tensor (name, shape, `group_of(name)`) in an IR of `weight_format`: `native` keeps
+    the release encodings (FP4/FP8 + E8M0 scales, the rest as stored); the NNCF formats follow the precision
+    policy (`compress.policy.theoretical_bytes`, scales and zero points included) with `compression`'s
+    options (the format's defaults if None), spread over a group's tensors by element count (exact per
+    group, so exact in total)."""
+    if weight_format == "native":
+        return lambda name, shape, group: sum(prod(s) * DTYPE_BYTES[d]
+                                              for d, s in stored_entries(name, shape, "fp8").values())
+    per_group = theoretical_bytes(config, compression or CompressionOptions(weight_format), include_mtp=True)
+    elements: dict[str, int] = {}
+    for name, shape in logical_tensors(config).items():
+        group = group_of(name)
+        elements[group] = elements.get(group, 0) + prod(shape)
+    factor = {g: per_group.get(g, 0.0) / n for g, n in elements.items()}
+    return lambda name, shape, group: prod(shape) * factor[group]
+
+
+def decode_state_bytes(config, context: int = RUNTIME_CONTEXT) -> int:
+    """Bytes of the stateful IR's decode state (f32, batch 1) after `context` tokens, from the config's shapes
+    (the states `DeepseekV4Cache` names): per decoder layer the window (W-1 rows of head_dim); on a
+    compressed layer of ratio r the entries (context/r rows of head_dim) and the open window (at most r-1
+    rows of kv and gate, twice as wide with CSA's overlap); on CSA also the previous halves (r rows of kv and
+    gate) and the indexer's keys (context/4 rows of index_head_dim) with its compressor's own open window
+    and halves. The MTP block is not exported."""
+    d, di = config.head_dim, config.index_head_dim
+    rows = 0
+    for r in config.layer_ratios:
+        rows += min(config.sliding_window - 1, context) * d
+        if r:
+            width = d * (2 if r == CSA else 1)
+            rows += context // r * d + 2 * (r - 1) * width
+        if r == CSA:
+            rows += 2 * r * d + context // CSA * di + 2 * (r - 1) * 2 * di + 2 * r * di
+    return STATE_BYTES * rows
+
+
+def size_text(nbytes: float) -> str:
     for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= div:
             return f"{nbytes / div:,.2f} {unit}"
-    return f"{nbytes} B"
+    return f"{nbytes:.0f} B"
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What one export of a checkpoint will take, from its headers and config alone.
+
+    ir_bytes      the IR's weights (`openvino_model.bin`; the graph `.xml`, a few MB, is not counted)
+    peak_bytes    conversion peak, streaming by unit: the largest unit as stored + the same unit converted
+                  + one tensor of it dequantised to FP32
+    state_bytes   the decode state after `context` tokens (`decode_state_bytes`)
+    runtime_bytes what a runtime holds to decode at `context` tokens: the weights as in the IR (the CPU
+                  plugin keeps compressed constants compressed and decompresses inside its matmuls) + the
+                  decode state. Not counted: one decode step's activations (a few hidden-size vectors per
+                  token), the runtime's own code, and weights a plugin expands when compiling (f8e4m3 on CPUs
+                  without FP8, README "Official checkpoints").
+    disk_bytes    free space the export needs beside OUTPUT: the pieces' files and the stitched IR exist
+                  together until the stitch ends, so twice the IR."""
+
+    weight_format: str
+    ir_bytes: int
+    peak_bytes: int
+    state_bytes: int
+    context: int = RUNTIME_CONTEXT
+
+    @property
+    def runtime_bytes(self) -> int:
+        return self.ir_bytes + self.state_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        return 2 * self.ir_bytes
+
+    def describe(self) -> str:
+        return (f"{self.weight_format}: IR weights ~{size_text(self.ir_bytes)}, conversion peak "
+                f"~{size_text(self.peak_bytes)}, runtime ~{size_text(self.runtime_bytes)} (weights + decode state "
+                f"{size_text(self.state_bytes)} at {self.context:,} tokens, batch 1)")
+
+
+@lru_cache(maxsize=2)
+def _layout(checkpoint: Checkpoint) -> tuple[dict[str, tuple[int, int]], list[tuple[str, tuple[int, ...], str, str]]]:
+    """The exported units -> (stored bytes, largest tensor in FP32 bytes), and the exported port tensors as
+    (name, shape, unit, group); read once per checkpoint."""
+    stored: dict[str, int] = {}
+    for name, h in checkpoint.headers.items():
+        if exported(name):
+            stored[unit_of(name)] = stored.get(unit_of(name), 0) + h.nbytes
+    largest = dict.fromkeys(stored, 0)
+    tensors = []
+    for name, shape in logical_tensors(checkpoint.config).items():
+        if exported(name):
+            unit = unit_of(name)
+            largest[unit] = max(largest[unit], 4 * prod(shape))
+            tensors.append((name, shape, unit, group_of(name)))
+    return {u: (stored[u], largest[u]) for u in stored}, tensors
+
+
+def project(checkpoint: Checkpoint, weight_format: str, compression: CompressionOptions | None = None,
+            context: int = RUNTIME_CONTEXT) -> Projection:
+    """The projection of exporting `checkpoint` to `weight_format` (see `Projection`)."""
+    config = checkpoint.config
+    context = min(context, config.max_position_embeddings)
+    nbytes = tensor_bytes(config, weight_format, compression)
+    units, tensors = _layout(checkpoint)
+    converted = dict.fromkeys(units, 0.0)
+    for name, shape, unit, group in tensors:
+        converted[unit] += nbytes(name, shape, group)
+    peak = max(stored + converted[u] + largest for u, (stored, largest) in units.items())
+    return Projection(weight_format, round(sum(converted.values())), round(peak), decode_state_bytes(config, context),
+                      context)
 
 
 @dataclass
@@ -58,64 +161,55 @@ class DryRunReport:
     bytes_by_dtype: dict[str, int]
     index_total_size: int | None
     groups: dict[str, tuple[int, int]]  # group -> (tensors incl. scales, stored bytes)
-    projected: dict[str, int]  # output format -> bytes
-    largest_unit: str
-    unit_stored: int  # stored bytes of the largest unit
-    peak: dict[str, int] = field(default_factory=dict)  # output format -> projected peak bytes
+    projections: dict[str, Projection] = field(default_factory=dict)  # output format (default options) -> figures
+    mtp_bytes: int = 0  # stored bytes of the MTP block (not exported)
 
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes_by_dtype.values())
+
+    @property
+    def projected(self) -> dict[str, int]:
+        """Output format -> projected IR weight bytes."""
+        return {f: p.ir_bytes for f, p in self.projections.items()}
 
     def format_table(self) -> str:
         lines = [
             f"checkpoint {self.folder} ({self.storage_format} layout, {self.shards} shards)",
             f"  tensors {self.tensors:,}; weights with an E8M0 scale {self.scaled_weights:,}; "
             f"mtp.* tensors {self.mtp_tensors:,}",
-            f"  payload {self.total_bytes:,} bytes ({_size(self.total_bytes)})"
+            f"  payload {self.total_bytes:,} bytes ({size_text(self.total_bytes)})"
             + ("" if self.index_total_size in (None, self.total_bytes)
                else f"; index metadata says {self.index_total_size:,}"),
             "  by dtype: " + ", ".join(f"{d} {b:,}" for d, b in sorted(self.bytes_by_dtype.items())),
             "  mapping (official name = port parameter name):",
         ]
-        lines += [f"    {g:<38} {c:>7,} tensors {_size(b):>12}" for g, (c, b) in self.groups.items() if c]
-        lines.append("  projected IR size / peak memory (streamed by unit; largest unit "
-                     f"{self.largest_unit}: {_size(self.unit_stored)} stored):")
-        lines += [f"    {f:<7} {_size(self.projected[f]):>12}   peak ~{_size(self.peak[f])}" for f in PROJECTED_FORMATS]
+        lines += [f"    {g:<38} {c:>7,} tensors {size_text(b):>12}" for g, (c, b) in self.groups.items() if c]
+        context = next(iter(self.projections.values())).context
+        lines.append(f"  projected per --weight-format (default options; MTP not exported): IR weights, conversion "
+                     f"peak (streamed by unit), runtime memory (weights + decode state at {context:,} tokens)")
+        lines += [f"    {f:<7} IR {size_text(p.ir_bytes):>12}   peak ~{size_text(p.peak_bytes):>12}   runtime "
+                  f"~{size_text(p.runtime_bytes):>12}" for f, p in self.projections.items()]
         return "\n".join(lines)
 
 
-def dry_run(folder: Path | str) -> DryRunReport:
+def dry_run(source: Path | str | Checkpoint) -> DryRunReport:
     """Check a whole checkpoint from config.json, the index and the shard headers (no weight is read)
     and summarise it. Raises CheckpointError naming tensor and shard on the first problems."""
-    folder = Path(folder)
-    checkpoint = check_folder(folder)
-    config, fmt, weight_map, headers = checkpoint.config, checkpoint.fmt, checkpoint.weight_map, checkpoint.headers
+    checkpoint = source if isinstance(source, Checkpoint) else check_folder(Path(source))
+    folder, fmt, weight_map, headers = checkpoint.folder, checkpoint.fmt, checkpoint.weight_map, checkpoint.headers
     by_dtype: dict[str, int] = {}
     groups = {g: [0, 0] for g, _ in GROUPS}
-    units: dict[str, list[int]] = {}  # unit -> [stored bytes, largest FP32 tensor, *projected bytes]
     for name, h in headers.items():
         by_dtype[h.dtype] = by_dtype.get(h.dtype, 0) + h.nbytes
         base = name.removesuffix(".scale") + ".weight" if name.endswith(".scale") else name
         g = groups[group_of(base)]
         g[0] += 1
         g[1] += h.nbytes
-        units.setdefault(unit_of(name), [0, 0] + [0] * len(PROJECTED_FORMATS))[0] += h.nbytes
-    projected = dict.fromkeys(PROJECTED_FORMATS, 0)
-    for name, shape in logical_tensors(config).items():
-        u = units[unit_of(name)]
-        u[1] = max(u[1], 4 * prod(shape))
-        for i, f in enumerate(PROJECTED_FORMATS):
-            b = projected_bytes(name, shape, f)
-            u[2 + i] += b
-            projected[f] += b
-    # Peak while streaming: one unit as stored + the same unit converted + one tensor dequantised to FP32.
-    peak = {f: max(u[0] + u[2 + i] + u[1] for u in units.values()) for i, f in enumerate(PROJECTED_FORMATS)}
-    largest = max(units, key=lambda k: units[k][0])
-    index = folder / INDEX_NAME
+    index = Path(folder) / INDEX_NAME
     total = json.loads(index.read_text()).get("metadata", {}).get("total_size") if index.is_file() else None
     return DryRunReport(
-        folder=folder,
+        folder=Path(folder),
         storage_format=fmt,
         shards=len(set(weight_map.values())),
         tensors=len(headers),
@@ -124,8 +218,6 @@ def dry_run(folder: Path | str) -> DryRunReport:
         bytes_by_dtype=by_dtype,
         index_total_size=int(total) if total is not None else None,
         groups={g: (c, b) for g, (c, b) in groups.items()},
-        projected=projected,
-        largest_unit=largest,
-        unit_stored=units[largest][0],
-        peak=peak,
+        projections={f: project(checkpoint, f) for f in PROJECTED_FORMATS},
+        mtp_bytes=sum(h.nbytes for n, h in headers.items() if not exported(n)),
     )

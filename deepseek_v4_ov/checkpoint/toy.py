@@ -8,9 +8,13 @@ tokenizer of its own (`tokenizer.py`), so it goes through the same reader as the
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import shutil
+import types
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,70 @@ AUTO_MAP = {
 }
 FORMATS = ("bf16", "fp32", "fp8")
 """fp8 is the release layout: FP4 routed experts and FP8 linears with E8M0 scales, the rest BF16/F32/I64."""
+
+NOT_SETTABLE = ("self", "kwargs", "experts_implementation")
+"""`DeepseekV4Config.__init__` parameters `--set` refuses: the catch-all, and a how-not-what switch that
+config.json does not keep."""
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a `DeepseekV4Config.__init__` annotation (ints are floats too; bools are not
+    ints)."""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """One `--set key=value`: the value as JSON when it parses (numbers, lists, objects, true/false/null),
+    else the raw string. Raises ValueError naming the item if it is not `key=value`."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE (JSON values for lists, e.g. 'compress_ratios=[0,4]')")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def toy_config(preset: dict[str, Any], sets: Iterable[str] = ()) -> dict[str, Any]:
+    """A preset's config fields with `--set key=value` overrides applied in order, each key checked against
+    `DeepseekV4Config`'s fields and each value against the field's type, then the whole geometry checked by
+    `DeepseekV4Config` itself (its errors name the inconsistent field). Raises ValueError before any work."""
+    hints = typing.get_type_hints(DeepseekV4Config.__init__)
+    fields = [k for k in inspect.signature(DeepseekV4Config.__init__).parameters if k not in NOT_SETTABLE]
+    out = dict(preset)
+    for item in sets:
+        key, value = parse_set(item)
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=2)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            raise ValueError(f"--set {key}: unknown config field{hint}; the fields are those of DeepseekV4Config "
+                             f"(config.json), e.g. {', '.join(fields[:4])}, ...")
+        if not _fits(value, hints[key]):
+            raise ValueError(f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}: "
+                             f"`{key}` must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+        out[key] = value
+    DeepseekV4Config(**out)  # the consistency checks, naming the field
+    return out
+
 
 def official_dtype(name: str, tensor: torch.Tensor, fmt: str) -> torch.dtype:
     """Storage dtype of one tensor in a bf16 or fp32 toy: integer tables keep theirs; with bf16 the tensors
@@ -98,9 +166,10 @@ def write_toy(
     max_shard_bytes: int = 2 << 20,
     overwrite: bool = False,
 ) -> DeepseekV4ForCausalLM:
-    """Generate a toy and write it to `output` atomically; return the in-memory model (FP32)."""
-    model, tensors = _toy_and_tensors(preset, seed, fmt)
+    """Generate a toy and write it to `output` atomically; return the in-memory model (FP32). An existing
+    non-empty `output` without `overwrite` is refused before the model is built."""
     with atomic_output_dir(Path(output), overwrite) as folder:
+        model, tensors = _toy_and_tensors(preset, seed, fmt)
         write_shards(folder, tensors, max_shard_bytes)
         config = official_config_dict(model.config, fmt)
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")

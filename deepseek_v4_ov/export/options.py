@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from deepseek_v4_ov.compress.native import NATIVE, check_native_options
 from deepseek_v4_ov.compress.policy import CompressionOptions
 
+AUTO = "auto"
+RELEASE_DEFAULT_FORMAT = "int4"
+"""`auto` for a release-layout (FP8/FP4) source: the runnable 4-bit format (as optimum-cli defaults large
+models to int8); sources in BF16/FP32 (the toys) keep fp32."""
+
+
+def default_weight_format(storage_format: str) -> str:
+    """The format `auto` stands for, given the source's validated storage format (`Checkpoint.fmt`)."""
+    return RELEASE_DEFAULT_FORMAT if storage_format == "fp8" else "fp32"
+
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """`deepseek-v4-ov export` in one object. `weight_format` is an NNCF format (`compress/policy.py`) or
-    `native` (the release's own codes, `compress/native.py`), which takes none of the NNCF options.
-    `whole` traces the model as one piece (default: one piece per unit, so that memory is bounded by the
-    largest layer); both give the same IR."""
+    """`deepseek-v4-ov export` in one object. `weight_format` is an NNCF format (`compress/policy.py`),
+    `native` (the release's own codes, `compress/native.py`), which takes none of the NNCF options, or
+    `auto` (the default: `default_weight_format` of the source, fixed by `resolved` once the source is
+    read). `whole` traces the model as one piece (default: one piece per unit, so that memory is bounded by
+    the largest layer); both give the same IR."""
 
     src: Path
     output: Path
-    weight_format: str = "fp32"
+    weight_format: str = AUTO
     group_size: int | None = None
     sym: bool = False
     ratio: float | None = None
@@ -35,13 +46,26 @@ class ExportOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", Path(self.src))
         object.__setattr__(self, "output", Path(self.output))
+        if self.weight_format is None:
+            object.__setattr__(self, "weight_format", AUTO)
 
     @property
     def native(self) -> bool:
         return self.weight_format == NATIVE
 
+    @property
+    def auto(self) -> bool:
+        return self.weight_format == AUTO
+
+    def resolved(self, storage_format: str) -> ExportOptions:
+        """These options with `auto` replaced by the format it stands for on a source stored as
+        `storage_format`; explicit formats are returned unchanged."""
+        return replace(self, weight_format=default_weight_format(storage_format)) if self.auto else self
+
     def compression(self) -> CompressionOptions:
         """The NNCF options (fp32, i.e. none, for `native`); raises ValueError naming a misapplied option."""
+        if self.auto:
+            raise ValueError("--weight-format auto is resolved from the source; call resolved(checkpoint.fmt) first")
         nncf = (self.group_size, self.sym, self.ratio, self.backup_precision, self.all_layers, self.awq,
                 self.group_size_fallback)
         if self.native:

@@ -19,6 +19,7 @@ back from the IR constants, time per stage, peak memory.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import openvino as ov
 
+from deepseek_v4_ov.checkpoint.dryrun import Projection, project, size_text
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
 from deepseek_v4_ov.compress.native import nativize
@@ -51,6 +53,7 @@ class ExportResult:
     precision: dict[str, GroupPrecision]
     times: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    projection: Projection | None = None  # what validate projected for this export
 
     @property
     def ir_bytes(self) -> int:
@@ -69,6 +72,8 @@ class ExportResult:
             + f"; total {sum(self.times.values()):.1f}s",
             f"  peak memory (ru_maxrss) {self.peak_rss_mb:,.0f} MB",
         ]
+        if self.projection is not None:
+            lines.append(f"  projected {self.projection.describe()}")
         return "\n".join(lines)
 
 
@@ -77,9 +82,11 @@ def _one_line(err: Exception) -> str:
 
 
 def validate(opts: ExportOptions) -> Checkpoint:
-    """All checks that need no weights; returns the validated checkpoint. Raises ValueError /
-    CheckpointError / FileExistsError with a one-line message naming the problem."""
-    compression = opts.compression()
+    """All checks that need no weights; returns the validated checkpoint (`opts.resolved(checkpoint.fmt)`
+    are the options the export runs with). Raises ValueError / CheckpointError / FileExistsError with a
+    one-line message naming the problem; an export whose projected files would not fit in the free space
+    beside OUTPUT is one."""
+    compression = None if opts.auto else opts.compression()
     src, output = opts.src, opts.output
     if not src.is_dir():
         raise CheckpointError(f"{src}: no such folder (SRC must be a DeepSeek-V4 checkpoint folder)")
@@ -94,10 +101,18 @@ def validate(opts: ExportOptions) -> Checkpoint:
         checkpoint = check_folder(src)
     except CheckpointError as err:
         raise CheckpointError(_one_line(err)) from err
+    if opts.auto:
+        opts = opts.resolved(checkpoint.fmt)
+        try:
+            compression = opts.compression()
+        except ValueError as err:
+            raise ValueError(f"{err} (--weight-format auto is {opts.weight_format} for this {checkpoint.fmt} "
+                             "checkpoint)") from err
     if opts.native and checkpoint.fmt != "fp8":
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
                               f"with E8M0 scales); this one is {checkpoint.fmt}")
     _check_group_size(checkpoint.config, compression)
+    check_disk(output, projection_of(checkpoint, opts))
     gen = src / GENERATION_CONFIG
     if gen.is_file():
         try:
@@ -113,6 +128,24 @@ def validate(opts: ExportOptions) -> Checkpoint:
         except Exception as err:  # noqa: BLE001 - any loader failure is a bad SRC tokenizer
             raise CheckpointError(f"{src}: tokenizer files present but unreadable ({_one_line(err)})") from err
     return checkpoint
+
+
+def projection_of(checkpoint: Checkpoint, opts: ExportOptions) -> Projection:
+    """IR size, conversion peak and runtime memory of exporting `checkpoint` with (resolved) `opts`."""
+    return project(checkpoint, opts.weight_format, None if opts.native else opts.compression())
+
+
+def check_disk(output: Path, projection: Projection) -> None:
+    """Refuse an export whose files would not fit in the free space where OUTPUT goes (its temporary folder
+    is created beside OUTPUT, in the nearest existing folder)."""
+    where = next(p for p in (output.absolute(), *output.absolute().parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if projection.disk_bytes > free:
+        raise ValueError(
+            f"OUTPUT {output}: the {projection.weight_format} export needs ~{size_text(projection.disk_bytes)} of "
+            f"free space (IR weights ~{size_text(projection.ir_bytes)}, held twice while the pieces are stitched) "
+            f"but {where} has {size_text(free)} free; free space, choose another OUTPUT or a smaller "
+            "--weight-format (--dry-run projects each)")
 
 
 def _check_group_size(config, opts: CompressionOptions) -> None:
@@ -147,8 +180,12 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     with stage("validate", f"{opts.src}"):
         checkpoint = validate(opts)
     config = checkpoint.config
+    chosen = f" (--weight-format auto for a {checkpoint.fmt} checkpoint)" if opts.auto else ""
+    opts = opts.resolved(checkpoint.fmt)
+    projection = projection_of(checkpoint, opts)
     log(f"      {checkpoint.fmt} checkpoint, {config.num_hidden_layers} layers, {config.n_routed_experts} experts, "
         f"vocab {config.vocab_size}")
+    log(f"      projected {projection.describe()}{chosen}")
     compression, quantization = opts.compression(), opts.quantization_config()
     pieces = plan(config, whole=opts.whole)
     kind = "prefill-only" if opts.prefill_only else "stateful"
@@ -189,7 +226,7 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
                                          checkpoint.fmt),
                          tokenizer)
     files = {p.name: p.stat().st_size for p in sorted(opts.output.iterdir()) if p.is_file()}
-    result = ExportResult(opts.output, files, precision, times, memory.peak_rss_mb())
+    result = ExportResult(opts.output, files, precision, times, memory.peak_rss_mb(), projection)
     if not tokenizer:
         log("      no tokenizer in SRC: OUTPUT has none" if opts.convert_tokenizer else "      tokenizer not converted")
     log(result.format())
