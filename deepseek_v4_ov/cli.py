@@ -102,11 +102,11 @@ def dry_run_export(opts, check_output: bool) -> None:
     disk check the export would make)."""
     from deepseek_v4_ov.checkpoint.dryrun import dry_run, size_text
     from deepseek_v4_ov.checkpoint.release import check_folder
-    from deepseek_v4_ov.export.pipeline import check_disk, projection_of
+    from deepseek_v4_ov.export.pipeline import check_disk, projection_of, resolve
 
     checkpoint = check_folder(opts.src)
-    chosen = f" (--weight-format auto for a {checkpoint.fmt} checkpoint)" if opts.auto else ""
-    projection = projection_of(checkpoint, opts.resolved(checkpoint.fmt))  # checks the options first
+    opts, chosen = resolve(opts, checkpoint)  # checks the options first
+    projection = projection_of(checkpoint, opts)
     print(dry_run(checkpoint).format_table())
     print(f"  this export: {projection.describe()}{chosen}")
     if check_output:

@@ -187,6 +187,8 @@ def test_auto_options_checked_against_the_resolved_format(toy, tmp_path, capsys)
     assert "--sym applies to int8/int4/mxfp4 weight formats, not fp32 (--weight-format auto is fp32 for this " \
            "fp32 checkpoint)" in err, err
     assert leftovers(tmp_path, "out") == []
+    assert run_cli("--model", toy("seed")[0], "--sym", "--dry-run") == 2
+    assert "(--weight-format auto is fp32 for this fp32 checkpoint)" in capsys.readouterr().err
 
 
 def test_python_m_export_reports_one_line(toy, tmp_path):

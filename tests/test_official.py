@@ -168,7 +168,7 @@ def test_dry_run_projects_size_peak_and_runtime(tmp_path, capsys):
     assert cli.main(["export", "--model", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"this export: int4: IR weights ~{p['int4'].ir_bytes / 1e9:,.2f} GB" in out
-    assert "(--weight-format auto for a fp8 checkpoint)" in out and "runtime ~" in out
+    assert "(--weight-format auto is int4 for this fp8 checkpoint)" in out and "runtime ~" in out
 
 
 def test_decode_state_matches_the_cache(fp8_toy):

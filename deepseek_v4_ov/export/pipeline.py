@@ -101,13 +101,8 @@ def validate(opts: ExportOptions) -> Checkpoint:
         checkpoint = check_folder(src)
     except CheckpointError as err:
         raise CheckpointError(_one_line(err)) from err
-    if opts.auto:
-        opts = opts.resolved(checkpoint.fmt)
-        try:
-            compression = opts.compression()
-        except ValueError as err:
-            raise ValueError(f"{err} (--weight-format auto is {opts.weight_format} for this {checkpoint.fmt} "
-                             "checkpoint)") from err
+    opts, _ = resolve(opts, checkpoint)
+    compression = opts.compression()
     if opts.native and checkpoint.fmt != "fp8":
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
                               f"with E8M0 scales); this one is {checkpoint.fmt}")
@@ -128,6 +123,22 @@ def validate(opts: ExportOptions) -> Checkpoint:
         except Exception as err:  # noqa: BLE001 - any loader failure is a bad SRC tokenizer
             raise CheckpointError(f"{src}: tokenizer files present but unreadable ({_one_line(err)})") from err
     return checkpoint
+
+
+def resolve(opts: ExportOptions, checkpoint: Checkpoint) -> tuple[ExportOptions, str]:
+    """`opts` with `auto` replaced by the format it stands for on `checkpoint`, the compression options
+    checked against that format (a misapplied option is named with the choice), and a note saying what
+    `auto` chose ("" for an explicit format)."""
+    if not opts.auto:
+        opts.compression()
+        return opts, ""
+    resolved = opts.resolved(checkpoint.fmt)
+    note = f"--weight-format auto is {resolved.weight_format} for this {checkpoint.fmt} checkpoint"
+    try:
+        resolved.compression()
+    except ValueError as err:
+        raise ValueError(f"{err} ({note})") from err
+    return resolved, f" ({note})"
 
 
 def projection_of(checkpoint: Checkpoint, opts: ExportOptions) -> Projection:
@@ -180,8 +191,7 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     with stage("validate", f"{opts.src}"):
         checkpoint = validate(opts)
     config = checkpoint.config
-    chosen = f" (--weight-format auto for a {checkpoint.fmt} checkpoint)" if opts.auto else ""
-    opts = opts.resolved(checkpoint.fmt)
+    opts, chosen = resolve(opts, checkpoint)
     projection = projection_of(checkpoint, opts)
     log(f"      {checkpoint.fmt} checkpoint, {config.num_hidden_layers} layers, {config.n_routed_experts} experts, "
         f"vocab {config.vocab_size}")
