@@ -204,7 +204,7 @@ class FixedState:
 
     @staticmethod
     def window(state, name, kv, positions, size):
-        if kv.shape[1] != 1 and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and kv.shape[1] != 1:
             raise ValueError(f"the fixed state layout takes one token per call, got {kv.shape[1]}")
         keys = write_rows(state[name], kv, positions % size)
         state[name] = keys
