@@ -5,7 +5,6 @@ has no cycle. The bundled pair imports only torch, transformers and each other."
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

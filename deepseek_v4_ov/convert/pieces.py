@@ -9,18 +9,16 @@ its own weights, traced, and made stateful on its own; `convert/stitch.py` joins
 
 A piece of several units runs them in that order inside one trace (the whole model is the one piece of
 all units), so every plan gives the same graph: the same modules under the same official names
-(`self.model.<official name>` constants), the same states and ports (`convert/stateful.py`). The routed
-experts are traced in the grouped form (`set_experts_implementation`), their stacked `[E, out, in]`
-weights filled straight from the weight source, never as per-expert modules.
+(`self.model.<official name>`), the same states and ports (`convert/stateful.py`).
 
-Weights come from `tensors(prefixes)`, an iterator of (official name, tensor): a validated checkpoint's
-`iter_tensors`, or an in-memory model's state dict (`model_tensors`).
+No weight is read while tracing: the piece is built with stand-ins that cost no memory (zero-stride views;
+the routed experts, in the grouped form over stacked `[E, out, in]` tensors, and the router traced with a
+few experts, since that graph does not depend on E), and every weight enters the trace as an input, so the
+IR has one Parameter per weight, with its real shape. `compress/weights.py` then binds each Parameter to
+its constant, straight from the checkpoint, one tensor (or one chunk of experts) at a time.
 """
 
 from __future__ import annotations
-
-import re
-from collections.abc import Callable, Iterable, Iterator
 
 import openvino as ov
 import torch
@@ -35,8 +33,6 @@ from deepseek_v4_ov.model.modeling_deepseek_v4 import Block, HcHead, RMSNorm, Ro
 EMBED, HEAD = "embed", "head"
 TRACE_TOKENS, TRACE_BATCH, TRACE_NEW = 133, 2, 5  # trace from a cache holding 133 tokens, 5 new, batch 2
 LINKS = ("streams", "positions")  # piece outputs that later pieces read as inputs of the same name
-Tensors = Callable[[tuple[str, ...]], Iterable[tuple[str, torch.Tensor]]]
-_EXPERT_RE = re.compile(r"layers\.(\d+)\.ffn\.experts\.(\d+)\.(w[123])\.weight")
 
 
 def units_of(config: DeepseekV4Config) -> list[str]:
@@ -48,23 +44,6 @@ def plan(config: DeepseekV4Config, whole: bool = False) -> list[list[str]]:
     of every unit (`whole`)."""
     units = units_of(config)
     return [units] if whole else [[u] for u in units]
-
-
-def model_tensors(model: nn.Module) -> Tensors:
-    """The weight source of an in-memory port model (its state dict by official name)."""
-    state = model.state_dict()
-
-    def tensors(prefixes: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
-        return ((k, v) for k, v in state.items() if k.startswith(prefixes) and not k.startswith("mtp."))
-
-    return tensors
-
-
-def _prefixes(units: list[str]) -> tuple[str, ...]:
-    out = []
-    for u in units:
-        out += {EMBED: ["embed."], HEAD: ["head.", "norm.", "hc_head_"]}.get(u, [u + "."])
-    return tuple(out)
 
 
 class Piece(nn.Module):
@@ -106,7 +85,34 @@ class Piece(nn.Module):
         first = ["logits"] if HEAD in self.units else (["streams", "positions"] if EMBED in self.units else ["streams"])
         return first + [OUTPUT_PREFIX + s for s in states]
 
+    def take_weights_as_inputs(self, names: list[str]) -> None:
+        """From now on the weights `names` (official names, and the stacked experts `expert_param`) are
+        trailing forward inputs, so that a trace holds no weight: each becomes an IR Parameter, bound to
+        its constant afterwards. The modules' parameters and buffers of those names become plain
+        attributes, set from the inputs on every call (a trace sees them as graph inputs)."""
+        self._weights = {}
+        for name in names:
+            owner, _, leaf = f"model.{name}".rpartition(".")
+            module = self.get_submodule(owner)
+            value = module._parameters.pop(leaf, None)
+            if value is None and leaf in module._buffers:
+                value = module._buffers.pop(leaf)
+            if value is not None:
+                object.__setattr__(module, leaf, value)
+            self._weights[name] = (module, leaf)
+
+    def _set_weights(self, values: tuple[torch.Tensor, ...]) -> None:
+        weights = dict(zip(self._weights, values, strict=True))
+        for i in self.layer_ids:
+            self.model.layers[str(i)].ffn.stacked = tuple(weights.pop(expert_param(i, k)) for k in ("w1", "w3", "w2"))
+        for name, value in weights.items():
+            module, leaf = self._weights[name]
+            object.__setattr__(module, leaf, value)
+
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self._weights:
+            self._set_weights(args[len(args) - len(self._weights):])
+            args = args[: len(args) - len(self._weights)]
         names = [n.removeprefix(INPUT_PREFIX) for n in self.input_names(self._states)]
         x = dict(zip(names, args, strict=True))
         state = {n: x[n] for n in self._states}
@@ -135,33 +141,52 @@ class Piece(nn.Module):
                        else Rope(c.qk_rope_head_dim, c.compress_rope_theta, c.yarn_scaling)
                        for r in {c.layer_ratios[i] for i in self.layer_ids}}
         self._states = list(self.empty_state(1))
+        self._weights: dict[str, tuple[nn.Module, str]] = {}
 
 
-def load_piece(config: DeepseekV4Config, units: list[str], tensors: Tensors) -> Piece:
-    """The piece with its weights from `tensors`, FP32; routed experts go straight into [E, out, in] stacks,
-    run in the grouped form (`MoE.set_stacked_experts`, which falls back to per-expert modules where
-    torch._grouped_mm cannot take the widths)."""
+def expert_param(layer: int, proj: str) -> str:
+    """Name of a layer's stacked routed-expert input ([E, out, in]) in a traced piece."""
+    return f"layers.{layer}.ffn.experts.{proj}"
+
+
+def _trace_experts(config: DeepseekV4Config) -> int:
+    """Routed experts of the traced stand-ins: few (the grouped form's graph does not depend on E), at least
+    top-k; torch._grouped_mm needs real tensors for them."""
+    return min(config.n_routed_experts, max(8, config.num_experts_per_tok))
+
+
+def placeholder_piece(config: DeepseekV4Config, units: list[str]
+                      ) -> tuple[Piece, dict[str, torch.Tensor], dict[str, tuple[tuple[int, ...], torch.dtype]]]:
+    """The piece with stand-in weights that cost no memory (zero-stride views; the stacked experts and the
+    router cut to `_trace_experts`), the stand-ins by name, and every weight's real (shape, dtype)."""
     with torch.device("meta"):
         piece = Piece(config, units)
-    e, hd, inter = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
-    stacks = {i: (torch.empty(e, inter, hd), torch.empty(e, inter, hd), torch.empty(e, hd, inter))
-              for i in piece.layer_ids}
-    state = {}
-    for name, t in tensors(_prefixes(units)):
-        m = _EXPERT_RE.fullmatch(name)
-        if m:
-            stacks[int(m.group(1))][("w1", "w3", "w2").index(m.group(3))][int(m.group(2))].copy_(t)
+    e, hd, inter, small = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size, \
+        _trace_experts(config)
+    stand_in, real = {}, {}
+    for name, t in [*piece.model.named_parameters(), *piece.model.named_buffers()]:
+        if ".experts." in name:
             continue
-        state[name] = t.to(torch.float32) if t.is_floating_point() else t
-    for i, (w1, w3, w2) in stacks.items():
-        piece.model.layers[str(i)].ffn.set_stacked_experts(w1, w3, w2)
-    del stacks
-    missing, unexpected = piece.model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise RuntimeError(f"weights of {units[0]}..{units[-1]} do not match the port: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        shape = tuple(t.shape)
+        real[name] = (shape, t.dtype)
+        if name.endswith(("ffn.gate.weight", "ffn.gate.bias")):
+            shape = (small, *shape[1:])
+        stand_in[name] = (torch.randint(0, small, shape) if name.endswith("tid2eid")
+                          else torch.zeros((), dtype=t.dtype).expand(shape))
+    piece.model.load_state_dict(stand_in, strict=False, assign=True)
+    for i in piece.layer_ids:
+        shapes = {"w1": (inter, hd), "w3": (inter, hd), "w2": (hd, inter)}
+        for k, shape in shapes.items():
+            real[expert_param(i, k)] = ((e, *shape), torch.float32)
+            stand_in[expert_param(i, k)] = torch.zeros(small, *shape)
+        moe = piece.model.layers[str(i)].ffn
+        moe.set_stacked_experts(*(stand_in[expert_param(i, k)] for k in shapes))
+        if moe.experts_implementation != "grouped":
+            raise ValueError(f"layers.{i}: routed experts of {hd}x{inter} cannot be traced in the grouped form "
+                             "(torch._grouped_mm needs rows of a multiple of 16 bytes: hidden_size and "
+                             "moe_intermediate_size multiples of 4)")
     piece.prepare()
-    return piece.eval()
+    return piece.eval(), stand_in, real
 
 
 def _example(piece: Piece, config: DeepseekV4Config) -> tuple[torch.Tensor, ...]:
@@ -201,18 +226,57 @@ def _input_specs(piece: Piece, config: DeepseekV4Config) -> list[tuple[ov.Partia
     return first + specs
 
 
-def convert_piece(config: DeepseekV4Config, units: list[str], tensors: Tensors, first_stateful: bool,
-                  prefill_only: bool = False) -> ov.Model:
-    """Build, load and trace one piece; stateful (its guard chained after the previous piece's unless it
-    is the first with states), or with its states bound to their initial values (`prefill_only`)."""
-    piece = load_piece(config, units, tensors)
+def _resolve_reshapes(ov_model: ov.Model) -> None:
+    """Write each Reshape target's -1 as the number it stands for where the input's static dims give it
+    (`[0, 0, -1]` of `[?, ?, 4, 128]` -> `[0, 0, 512]`). The frontend writes either form, depending on
+    what shape inference knew where it traced, so without this a piece and the whole model differ in a few
+    shape constants; with it, any cut of the model has the same constants."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "Reshape" or not op.get_attributes().get("special_zero"):
+            continue
+        target = op.input_value(1).get_node()
+        if target.get_type_name() != "Constant":
+            continue
+        value = target.get_data()
+        shape = op.input_value(0).get_partial_shape()
+        if value.ndim != 1 or list(value).count(-1) != 1 or shape.rank.is_dynamic:
+            continue
+        dims = list(shape)
+        zeros = {i for i, v in enumerate(value) if v == 0}
+        if any(d.is_dynamic and i not in zeros for i, d in enumerate(dims)) or any(i >= len(dims) for i in zeros):
+            continue
+        total = int(np.prod([d.get_length() for i, d in enumerate(dims) if i not in zeros]))
+        known = int(np.prod([v for i, v in enumerate(value) if i not in zeros and v != -1]))
+        if known and total % known == 0:
+            resolved = value.copy()
+            resolved[list(value).index(-1)] = total // known
+            op.input(1).replace_source_output(ops.constant(resolved).output(0))
+
+
+def convert_piece(config: DeepseekV4Config, units: list[str], first_stateful: bool, prefill_only: bool = False
+                  ) -> ov.Model:
+    """Trace one piece with stand-in weights: its weights are IR Parameters named by official name (and
+    `expert_param` for the stacked routed experts), to be bound to constants by `compress/weights.py`.
+    Stateful (its guard chained after the previous piece's unless it is the first with states), or with
+    its states bound to their initial values (`prefill_only`)."""
+    piece, stand_in, real = placeholder_piece(config, units)
+    weights = list(stand_in)
     states = {k: tuple(v.shape[1:]) for k, v in piece.empty_state(1).items()}
     inputs, outputs = piece.input_names(list(states)), piece.output_names(list(states))
+    specs = _input_specs(piece, config) + [
+        (ov.PartialShape(list(real[n][0])), ov.Type.i64 if real[n][1] == torch.int64 else ov.Type.f32)
+        for n in weights]
     with torch.no_grad():
-        ov_model = ov.convert_model(piece, example_input=_example(piece, config), input=_input_specs(piece, config))
-    del piece
-    name_ports(ov_model, inputs, outputs)
+        example = (*_example(piece, config), *stand_in.values())
+        piece.take_weights_as_inputs(weights)
+        ov_model = ov.convert_model(piece, example_input=example, input=specs)
+    del piece, stand_in, example
+    name_ports(ov_model, inputs + weights, outputs)
     make_topk_stable(ov_model)
+    _resolve_reshapes(ov_model)
     if prefill_only:
         if "position_ids" in inputs:  # positions come from the length state, zero here
             ov_model.remove_parameter(ov_model.input("position_ids").get_node())
@@ -228,6 +292,9 @@ def convert_piece(config: DeepseekV4Config, units: list[str], tensors: Tensors, 
 def convert_model(model: nn.Module, prefill_only: bool = False) -> ov.Model:
     """An in-memory port model (`DeepseekV4ForCausalLM`, FP32) traced as the one piece of every unit: the
     graph `export` builds for the same weights, stateful (or prefill-only), uncompressed."""
+    from deepseek_v4_ov.compress.weights import ModelWeights, bind_weights
+
     config = model.config
-    return convert_piece(config, units_of(config), model_tensors(model), first_stateful=True,
-                         prefill_only=prefill_only)
+    ov_model = convert_piece(config, units_of(config), first_stateful=True, prefill_only=prefill_only)
+    bind_weights(ov_model, ModelWeights(model))
+    return ov_model

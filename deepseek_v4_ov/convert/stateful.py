@@ -23,11 +23,23 @@ GUARD_NAME = "state_init_guard"
 
 
 def name_ports(ov_model: ov.Model, input_names: list[str], output_names: list[str]) -> None:
+    """Name the inputs and outputs; the frontend also names inner tensors after Python variables (a
+    block's intermediate `streams`), and those names are taken off, so each port name is one tensor."""
     for port, name in zip(ov_model.inputs, input_names, strict=True):
         port.get_tensor().set_names({name})
         port.get_node().set_friendly_name(name)
     for port, name in zip(ov_model.outputs, output_names, strict=True):
         port.get_tensor().set_names({name})
+    ports = {*input_names, *output_names}
+    own = {(p.get_node().get_name(), p.get_index()) for p in ov_model.inputs}
+    own |= {(r.input_value(0).get_node().get_name(), r.input_value(0).get_index()) for r in ov_model.get_results()}
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "Result":  # shares its input's tensor
+            continue
+        for out in op.outputs():
+            tensor = out.get_tensor()
+            if tensor.get_names() & ports and (op.get_name(), out.get_index()) not in own:
+                tensor.set_names(tensor.get_names() - ports)
 
 
 def make_topk_stable(ov_model: ov.Model) -> None:

@@ -83,6 +83,7 @@ def stitch(pieces: list[Path], xml_out: Path, labels: list[str] | None = None) -
     consumed: set[str] = set()  # Result ids whose value a later piece reads: dropped at the end
     blobs = _Blobs()
     origin: dict[str, str] = {}  # layer id -> label of its piece
+    names: set[str] = set()  # layer (friendly) names so far
     for k, xml in enumerate(pieces):
         root = ET.parse(xml).getroot()
         if net is None:
@@ -119,6 +120,10 @@ def stitch(pieces: list[Path], xml_out: Path, labels: list[str] | None = None) -
                 origin[ids[lid]] = labels[k]
             if lay.get("type") == "Const":
                 blobs.add(lay.find("data"), xml.with_suffix(".bin"))
+            name = lay.get("name")
+            if name in names:  # pieces are traced apart: a generated name may repeat (NNCF wants them unique)
+                lay.set("name", f"{name}/piece{k}")
+            names.add(lay.get("name"))
             layers_out.append(lay)
         for f, fp, t, tp in edges:
             src = redirect.get(f, (ids.get(f), fp))

@@ -31,10 +31,10 @@ import openvino as ov
 from deepseek_v4_ov.checkpoint.dryrun import Projection, project, size_text
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
-from deepseek_v4_ov.compress.native import nativize
 from deepseek_v4_ov.compress.policy import (
-    PRIMARY, CompressionOptions, GroupPrecision, compress_with, format_report, precision_report, target_of,
+    PRIMARY, CompressionOptions, GroupPrecision, format_report, precision_report, target_of,
 )
+from deepseek_v4_ov.compress.weights import bind_weights
 from deepseek_v4_ov.convert.pieces import convert_piece, plan
 from deepseek_v4_ov.convert.stitch import stitch
 from deepseek_v4_ov.export import memory
@@ -209,12 +209,8 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
         with stage("convert", f"{kind} IR in {len(pieces)} piece(s), {what}"):
             for k, units in enumerate(pieces):
                 start = time.perf_counter()
-                m = convert_piece(config, units, checkpoint.iter_tensors, first_stateful=k == 0,
-                                  prefill_only=opts.prefill_only)
-                if opts.native:
-                    nativize(m, checkpoint)
-                else:
-                    m = compress_with(m, compression)
+                m = convert_piece(config, units, first_stateful=k == 0, prefill_only=opts.prefill_only)
+                bind_weights(m, checkpoint, compression, native=opts.native)
                 for g, p in precision_report(m).items():
                     precision.setdefault(g, GroupPrecision()).add(p)
                 paths.append(work / f"{k:04d}.xml")

@@ -1,0 +1,45 @@
+"""Weights bound straight from the source (compress/weights.py): the routed experts compressed a chunk of
+experts at a time give the constants that NNCF gives for the whole traced model, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepseek_v4_ov.checkpoint.toy import build_toy_model
+from deepseek_v4_ov.compress import weights
+from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with, weight_constants
+from deepseek_v4_ov.convert.pieces import convert_model, convert_piece, units_of
+from toy.presets import PRESETS
+
+
+@pytest.fixture(scope="module")
+def model():
+    """`seed` cut to two layers (CSA, HCA): 8 experts of 64x128."""
+    return build_toy_model({**PRESETS["seed"], "num_hidden_layers": 2, "compress_ratios": [4, 128]}, seed=0)
+
+
+def compressed_constants(ov_model) -> dict[tuple[str, str], list[bytes]]:
+    """Every compressed weight constant (values, scales, zero points) by official name and part."""
+    out: dict[tuple[str, str], list[bytes]] = {}
+    for wc in weight_constants(ov_model):
+        if wc.name is None or wc.node.get_output_element_type(0).get_type_name() == "f32":
+            continue
+        out.setdefault((wc.name, wc.part), []).append(wc.node.get_data().tobytes())
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("fmt", ["int4", "mxfp4", "int8"])
+def test_chunked_experts_equal_whole_model_nncf(model, fmt, monkeypatch):
+    opts = CompressionOptions(fmt)
+    reference = compress_with(convert_model(model), opts)  # FP32 IR of the whole model, then NNCF on it
+    calls = []
+    real = weights.compress_with
+    monkeypatch.setattr(weights, "compress_with", lambda m, o: calls.append(m) or real(m, o))
+    monkeypatch.setattr(weights, "SMALL_LAYER_BYTES", 0)  # chunk even a toy's experts:
+    monkeypatch.setattr(weights, "CHUNKS_PER_LAYER", 3)  # 8 experts in chunks of 3, 3 and 2
+    bound = convert_piece(model.config, units_of(model.config), first_stateful=True)
+    weights.bind_weights(bound, weights.ModelWeights(model), opts)
+    assert len(calls) == 1 + 2 * 3  # the piece's other weights once, then three chunks per layer
+    got, want = compressed_constants(bound), compressed_constants(reference)
+    assert any("experts" in name for name, _ in want)
+    assert got == want
