@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--format", default="int4", help="without --ir: the weight format to export")
     ap.add_argument("--toy-format", default="fp32")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dsv4-bench"))
-    ap.add_argument("--streaming", action="store_true")
+    ap.add_argument("--whole", action="store_true", help="export as one piece")
     ap.add_argument("--gib", type=float, default=1.0, help="bandwidth buffer size (GiB)")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="threads for the all-core figures (default: cores)")
@@ -161,7 +161,7 @@ def main() -> int:
     ir = args.ir
     if ir is None:
         src = ensure_toy(args.workdir, args.preset, args.toy_format)
-        ir = ensure_export(args.workdir, src, args.format, streaming=args.streaming)
+        ir = ensure_export(args.workdir, src, args.format, whole=args.whole)
     threads = args.threads or os.cpu_count() or 1
     bw = measure_bandwidth(args.gib, args.trials, threads)
     print(f"bandwidth: read 1 thread {bw['read_1t_gbs']:.1f} GB/s, read {threads} threads {bw['read_all_gbs']:.1f} GB/s, "

@@ -1,7 +1,7 @@
 """Export time and peak memory per preset and weight format.
 
     .venv/bin/python benchmarks/export_cost.py --preset seed --formats fp32 int8 int4 --json out.json
-    .venv/bin/python benchmarks/export_cost.py --preset mid --toy-format bf16 --formats int4 --streaming
+    .venv/bin/python benchmarks/export_cost.py --preset mid --toy-format bf16 --formats int4
 
 The toy checkpoint of the preset (`--toy-format`, written once into `--workdir`) is exported once per format
 (`--kinds stateful prefill-only` for both IRs), each export in a fresh child process
@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--toy-format", default="fp32", choices=["fp32", "bf16", "fp8"])
     ap.add_argument("--kinds", nargs="+", default=["stateful"], choices=["stateful", "prefill-only"],
                     help="which IRs to export per format")
-    ap.add_argument("--streaming", action="store_true", help="exporter streaming=True (bounded memory)")
+    ap.add_argument("--whole", action="store_true", help="export as one piece (default: piece by piece)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dsv4-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the exported folders (default: delete each)")
     ap.add_argument("--json", default=None)
@@ -49,7 +49,7 @@ def main() -> int:
                 out = args.workdir / f"{src.name}-ov-{fmt}{'-prefill' if prefill_only else ''}"
                 print(f"-- {preset} {fmt} {kind}", flush=True)
                 try:
-                    res = export_child(src, out, fmt, prefill_only=prefill_only, streaming=args.streaming)
+                    res = export_child(src, out, fmt, prefill_only=prefill_only, whole=args.whole)
                 except RuntimeError as err:
                     print(f"   FAILED: {str(err).splitlines()[-1]}", flush=True)
                     rows.append([preset, fmt, kind, "FAILED", "", "", "", ""])
@@ -65,7 +65,7 @@ def main() -> int:
                              f"{res['ir_bytes'] / 1e6:,.1f}", f"{src_bytes / 1e6:,.1f}"])
                 results.append({"preset": preset, "format": fmt, "kind": kind, "source_bytes": src_bytes, **res})
     title = (f"export cost: {', '.join(args.preset)} ({args.toy_format} toy), "
-             f"{'streaming' if args.streaming else 'in-memory'} export, one child process per export")
+             f"{'one-piece' if args.whole else 'piece-wise'} export, one child process per export")
     print()
     print(title)
     print(machine_line(info))

@@ -143,7 +143,7 @@ def main() -> int:
     ap.add_argument("--toy-format", default="fp32", choices=["fp32", "bf16", "fp8"])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dsv4-bench"))
     ap.add_argument("--fresh", action="store_true", help="re-export even where an export exists")
-    ap.add_argument("--streaming", action="store_true", help="export with streaming=True (bounded memory)")
+    ap.add_argument("--whole", action="store_true", help="export as one piece (default: piece by piece)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["port", "native", "stateful", "prefill"])
     ap.add_argument("--ref-cmd", default=None,
                     help="command that runs Python with transformers >= 5.23 (default: .venv-ref/bin/python), "
@@ -189,13 +189,13 @@ def main() -> int:
         else:
             print(f"-- transformers native: skipped ({REF_PY} missing)")
     for fmt in args.formats if "stateful" not in args.skip else []:
-        ir = ensure_export(args.workdir, src, fmt, streaming=args.streaming, reuse=not args.fresh)
+        ir = ensure_export(args.workdir, src, fmt, whole=args.whole, reuse=not args.fresh)
         for hint in args.hints:
             rows.append(run_row(f"OV stateful {fmt} [{hint}]",
                                 me + ["--worker", "ov", "--model", str(ir), "--hint", hint, "--new", str(args.new)]
                                 + common, f"{fmt} weights", save))
     for fmt in prefill_formats if "prefill" not in args.skip else []:
-        ir = ensure_export(args.workdir, src, fmt, prefill_only=True, streaming=args.streaming, reuse=not args.fresh)
+        ir = ensure_export(args.workdir, src, fmt, prefill_only=True, whole=args.whole, reuse=not args.fresh)
         for hint in args.prefill_hints or args.hints:
             rows.append(run_row(f"OV prefill-only {fmt} re-run [{hint}]",
                                 me + ["--worker", "ov", "--model", str(ir), "--hint", hint,

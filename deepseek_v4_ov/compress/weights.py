@@ -71,7 +71,7 @@ def _replace(param: ov.Node, output: ov.Output) -> None:
 
 def _plain(tensor: torch.Tensor, name: str) -> ov.Node:
     data = tensor.to(torch.float32).numpy() if tensor.is_floating_point() else tensor.numpy()
-    c = ops.constant(np.ascontiguousarray(data))
+    c = ops.constant(np.ascontiguousarray(data), shared_memory=True)  # no second copy of the weight
     c.set_friendly_name(f"self.model.{name}")
     return c
 
@@ -145,7 +145,7 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
     if compression is None or compression.weight_format == "fp32":
         out = {}
         for k, shape in shapes.items():
-            c = ops.constant(_stack(source, layer, k, range(experts), shape))
+            c = ops.constant(_stack(source, layer, k, range(experts), shape), shared_memory=True)
             c.set_friendly_name(labels[k])
             out[k] = c.output(0)
         return out
@@ -163,7 +163,7 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
         inputs, results = [offsets], []
         for k, gmm in gmms.items():
             rows = ops.parameter(gmm.get_input_partial_shape(0), ov.Type.f32)
-            weight = ops.constant(_stack(source, layer, k, part, shapes[k]))
+            weight = ops.constant(_stack(source, layer, k, part, shapes[k]), shared_memory=True)
             weight.set_friendly_name(labels[k])
             inputs.append(rows)
             results.append(ops.result(opset17.grouped_matmul(rows, weight, offsets)))

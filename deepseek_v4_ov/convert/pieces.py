@@ -32,6 +32,7 @@ from deepseek_v4_ov.model.modeling_deepseek_v4 import Block, HcHead, RMSNorm, Ro
 
 EMBED, HEAD = "embed", "head"
 TRACE_TOKENS, TRACE_BATCH, TRACE_NEW = 133, 2, 5  # trace from a cache holding 133 tokens, 5 new, batch 2
+TRACE_VOCAB = 4096  # rows of the head's stand-in (the logits' width follows the bound weight)
 LINKS = ("streams", "positions")  # piece outputs that later pieces read as inputs of the same name
 
 
@@ -158,7 +159,8 @@ def _trace_experts(config: DeepseekV4Config) -> int:
 def placeholder_piece(config: DeepseekV4Config, units: list[str]
                       ) -> tuple[Piece, dict[str, torch.Tensor], dict[str, tuple[tuple[int, ...], torch.dtype]]]:
     """The piece with stand-in weights that cost no memory (zero-stride views; the stacked experts and the
-    router cut to `_trace_experts`), the stand-ins by name, and every weight's real (shape, dtype)."""
+    router cut to `_trace_experts`, the head to TRACE_VOCAB rows), the stand-ins by name, and every
+    weight's real (shape, dtype)."""
     with torch.device("meta"):
         piece = Piece(config, units)
     e, hd, inter, small = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size, \
@@ -171,6 +173,8 @@ def placeholder_piece(config: DeepseekV4Config, units: list[str]
         real[name] = (shape, t.dtype)
         if name.endswith(("ffn.gate.weight", "ffn.gate.bias")):
             shape = (small, *shape[1:])
+        if name == "head.weight":  # a matmul would copy a zero-stride stand-in of the whole vocabulary
+            shape = (min(shape[0], TRACE_VOCAB), *shape[1:])
         stand_in[name] = (torch.randint(0, small, shape) if name.endswith("tid2eid")
                           else torch.zeros((), dtype=t.dtype).expand(shape))
     piece.model.load_state_dict(stand_in, strict=False, assign=True)
