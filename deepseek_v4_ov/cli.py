@@ -128,7 +128,7 @@ def run_parity(args: argparse.Namespace) -> None:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on the built-in seed toy")
+    p = sub.add_parser("demo", help="the main job on the trained toy")
     p.add_argument("--workdir", type=Path, default=Path("out/demo"))
     p.set_defaults(run=lambda args: __import__("deepseek_v4_ov.demo", fromlist=["main"]).main(args.workdir))
 
