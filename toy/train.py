@@ -156,14 +156,20 @@ def _pow2_scale(amax: torch.Tensor, max_code: float) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(ratio), exponent)
 
 
+def _round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    from deepseek_v4_ov.quant import _round_to_grid as exact
+
+    return exact(x, grid)
+
+
 def fake_fp4(w: torch.Tensor) -> torch.Tensor:
     rows, cols = w.shape
     g = w.reshape(rows, cols // 32, 32)
     scale = _pow2_scale(g.abs().amax(-1, keepdim=True), 6.0)
     x = g / scale
     grid = _FP4_GRID.to(w.device)
-    idx = (x.abs().unsqueeze(-1) - grid).abs().argmin(-1)
-    return (grid[idx] * x.sign() * scale).reshape(rows, cols)
+    idx = _round_to_grid(x, grid)  # nearest, ties to the even code, as `quant.quantize_fp4`
+    return (grid[idx].to(w.dtype) * x.sign() * scale).reshape(rows, cols)
 
 
 def fake_fp8(w: torch.Tensor) -> torch.Tensor:
