@@ -174,6 +174,9 @@ def run(
     from .checkpoint import read_config
 
     workdir = Path(workdir)
+    if prompt_length is not None and prompt_length < 2:
+        raise ValueError(f"--prompt-length {prompt_length}: a prompt needs at least 2 tokens (perplexity scores "
+                         "token t+1 from position t)")
     if model_dir is None:
         from toy.trained import write_trained_toy
 

@@ -81,6 +81,11 @@ def test_trained_presets_are_stored_as_the_release_stores_them(name, tmp_path):
     assert PRESETS[name]["vocab_size"] == len(load_hf_tokenizer(tmp_path / "fp8"))
 
 
+def test_parity_cli_names_a_bad_prompt_length(tmp_path, capsys):
+    assert cli_main(["parity", "--workdir", str(tmp_path), "--prompt-length", "1"]) == 2
+    assert "--prompt-length 1" in capsys.readouterr().err
+
+
 def test_toy_cli_refuses_a_seed_for_trained_presets(tmp_path, capsys):
     assert cli_main(["toy", str(tmp_path / "x"), "--preset", "trained", "--seed", "3"]) == 2
     assert "--seed 3" in capsys.readouterr().err
