@@ -99,7 +99,7 @@ def heldout_text() -> str:
 
 def heldout_ids(tokenizer) -> list[int]:
     """The held-out sample encoded with `tokenizer` (bos first)."""
-    return tokenizer(heldout_text())["input_ids"]
+    return tokenizer(heldout_text(), verbose=False)["input_ids"]  # longer than model_max_length on purpose
 
 
 def heldout_windows(tokenizer, count: int, length: int) -> list[torch.Tensor]:
