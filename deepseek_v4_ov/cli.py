@@ -13,7 +13,8 @@ from deepseek_v4_ov.checkpoint.toy import FORMATS
 def add_toy(sub: argparse._SubParsersAction) -> None:
     from toy.presets import PRESETS
 
-    p = sub.add_parser("toy", help="write a random-weight toy checkpoint in the official release layout")
+    p = sub.add_parser("toy", help="write a toy checkpoint in the official release layout (random weights, or "
+                                   "the trained presets `trained` and `trained-full`)")
     p.add_argument("output", type=Path)
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed")
     p.add_argument("--seed", type=int, default=0)
@@ -26,15 +27,24 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
 
 
 def run_toy(args: argparse.Namespace) -> None:
-    from toy.presets import PRESETS
+    from toy.presets import PRESETS, TRAINED_PRESETS
 
     from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
 
     start = time.perf_counter()
-    geometry = toy_config(PRESETS[args.preset], args.sets)
     sets = "".join(f" {item}" for item in args.sets)
     print(f"writing toy '{args.preset}'{sets} (seed {args.seed}, {args.format}) to {args.output}")
-    model = write_toy(args.output, geometry, args.seed, args.format, overwrite=args.overwrite)
+    if args.preset in TRAINED_PRESETS:
+        from toy.trained import write_trained_toy
+
+        if args.seed != 0:
+            raise ValueError(f"--seed {args.seed}: the trained presets ship one set of weights (trained with seed 0)")
+        if args.sets:
+            raise ValueError("--set: the trained presets ship one geometry (their weights are trained for it)")
+        model = write_trained_toy(args.output, args.preset, args.format, overwrite=args.overwrite)
+    else:
+        geometry = toy_config(PRESETS[args.preset], args.sets)
+        model = write_toy(args.output, geometry, args.seed, args.format, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     size = sum(f.stat().st_size for f in args.output.glob("*.safetensors"))
     shards = len(list(args.output.glob("*.safetensors")))
@@ -116,12 +126,18 @@ def dry_run_export(opts, check_output: bool) -> None:
 
 def add_parity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="compare exported IRs (formats x devices) against the PyTorch port")
-    p.add_argument("--model", type=Path, required=True, help="V4 folder in the official layout (e.g. a toy)")
+    p.add_argument("--model", type=Path, default=None, help="V4 folder in the official layout (any toy, random "
+                   "ones included; default: the trained toy, written in the release layout to WORKDIR/trained)")
     p.add_argument("--devices", default=None,
                    help="comma-separated, e.g. CPU,GPU,NPU,STATIC-CPU (default: every device present + STATIC-CPU)")
     p.add_argument("--weight-formats", default="fp32,int8,int4")
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prompt-source", choices=("heldout", "random"), default="heldout",
+                   help="heldout: windows of held-out Python source (toy/trained/heldout.txt, never trained on); "
+                        "random: seeded random token ids")
+    p.add_argument("--prompt-length", type=int, default=None,
+                   help="tokens per prompt (default: lengths from past the window to past two ratio-128 boundaries)")
     p.add_argument("--cpu-precision", choices=("f32", "default"), default="f32",
                    help="f32: exact FP32 on CPU (default); default: the plugin's choice (bf16 where supported)")
     p.add_argument("--workdir", type=Path, default=Path("out/parity"), help="where exported IRs are kept and reused")
@@ -135,7 +151,8 @@ def run_parity(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     devices = args.devices.split(",") if args.devices else None
     cells, meta = parity.run(args.model, args.workdir, devices, tuple(args.weight_formats.split(",")),
-                             args.prompts, args.new_tokens, args.cpu_precision)
+                             args.prompts, args.new_tokens, args.cpu_precision,
+                             prompt_source=args.prompt_source, prompt_length=args.prompt_length)
     print(parity.format_table(cells))
     report = args.report or args.workdir / "report.json"
     json_path, md_path = parity.write_reports(cells, meta, report)
@@ -145,7 +162,7 @@ def run_parity(args: argparse.Namespace) -> None:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on the built-in seed toy")
+    p = sub.add_parser("demo", help="the main job on the trained toy")
     p.add_argument("--workdir", type=Path, default=Path("out/demo"))
     p.set_defaults(run=lambda args: __import__("deepseek_v4_ov.demo", fromlist=["main"]).main(args.workdir))
 

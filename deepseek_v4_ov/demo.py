@@ -1,11 +1,11 @@
-"""`make demo`: the main job on the built-in `seed` toy.
+"""`make demo`: the main job on the trained toy (`toy/trained`, the `seed` geometry trained on Python source).
 
-1. write the toy in the official release layout (with its own small tokenizer);
-2. load it back as a user would (`AutoModelForCausalLM`, `trust_remote_code=True`) and check that cached
-   decode reproduces full recomputation;
-3. export it to stateful OpenVINO IR in FP32, INT8 and INT4;
-4. load each IR through optimum-intel's `OVModelForCausalLM`, generate greedily, and compare with PyTorch;
-5. generate text from a text prompt through OpenVINO GenAI's `LLMPipeline`;
+1. write the trained toy in the official release layout (FP4 experts, FP8 linears, E8M0 scales) with its
+   tokenizer, and load it back with the release reader; check that cached decode reproduces full recompute;
+2. export it to stateful OpenVINO IR in FP32, INT8 and INT4 (the FP4 experts re-quantised to INT4 g32);
+3. per format, through optimum-intel's `OVModelForCausalLM`: greedy agreement with PyTorch on held-out
+   Python source, and held-out perplexity (PyTorch vs IR) beside a unigram model fitted on that very text;
+4. generate a continuation of a code prompt through OpenVINO GenAI's `LLMPipeline` (text in, text out);
 and print one table.
 """
 
@@ -18,7 +18,9 @@ import torch
 
 SEQ = 300  # crosses the 64-token window and two ratio-128 boundaries of `seed`
 NEW_TOKENS = 32
+PPL_WINDOWS, PPL_LENGTH = 4, 256
 FORMATS = ("fp32", "int8", "int4")
+CODE_PROMPT = "import os\nimport sys\n\n\ndef main():\n    args = sys.argv[1:]\n    if not args:\n        print("
 
 
 def ir_megabytes(folder: Path) -> float:
@@ -26,66 +28,74 @@ def ir_megabytes(folder: Path) -> float:
 
 
 def main(workdir: Path) -> None:
-    from optimum.intel import OVModelForCausalLM
-    from transformers import AutoModelForCausalLM
+    from toy.trained import heldout_ids, heldout_windows, unigram_perplexity, write_trained_toy
 
-    from toy.presets import PRESETS
-
-    from deepseek_v4_ov.export.pipeline import export
+    from deepseek_v4_ov.checkpoint.release import load_model
+    from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer
     from deepseek_v4_ov.eval.metrics import agreeing_prefix
-    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
-    from deepseek_v4_ov.checkpoint.toy import write_toy
+    from deepseek_v4_ov.eval.text_eval import perplexity
+    from deepseek_v4_ov.export.pipeline import export
+    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
+    from deepseek_v4_ov.runtime.ov_load import load_ov_causal_lm
 
     workdir = Path(workdir)
-    folder = workdir / "seed"
-    print(f"[1/5] writing the seed toy to {folder}")
-    write_toy(folder, PRESETS["seed"], seed=0, fmt="bf16", overwrite=True)
-
-    print("[2/5] PyTorch: AutoModelForCausalLM.from_pretrained(trust_remote_code=True)")
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
-    model.generation_config.eos_token_id = None  # random weights: never stop early, compare whole runs
-    ids = torch.randint(2, model.config.vocab_size, (1, SEQ), generator=torch.Generator().manual_seed(0))
+    folder = workdir / "trained"
+    print(f"[1/4] writing the trained toy (release layout: FP4 experts, FP8 linears) to {folder}")
+    write_trained_toy(folder, "trained", fmt="fp8", overwrite=True)
+    model = load_model(folder).float().eval()
+    tokenizer = load_hf_tokenizer(folder)
+    ids = torch.tensor([heldout_ids(tokenizer)[1000 : 1000 + SEQ]])  # held-out Python source, never trained on
+    windows = heldout_windows(tokenizer, PPL_WINDOWS, PPL_LENGTH)
     with torch.no_grad():
         full = model(ids).logits
         out = model(ids[:, : SEQ // 2])
         cache, steps = out.past_key_values, [out.logits]
         for t in range(SEQ // 2, SEQ):
             steps.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+        torch_ppl = perplexity([model(w).logits.numpy() for w in windows], windows)
     cache_diff = (torch.cat(steps, 1) - full).abs().max().item()
     print(f"      cached decode vs full recompute over {SEQ} tokens: max |logit diff| {cache_diff:.2e}")
+    model.generation_config.eos_token_id = None  # compare whole runs
     start = time.perf_counter()
     reference = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)[0, SEQ:].tolist()
     torch_tps = NEW_TOKENS / (time.perf_counter() - start)
+    unigram = unigram_perplexity([t for w in windows for t in w[0].tolist()])
 
-    rows = [("PyTorch port (eager)", "-", f"{NEW_TOKENS}/{NEW_TOKENS}", f"{torch_tps:.1f}")]
-    for i, fmt in enumerate(FORMATS):
-        out_dir = workdir / f"seed-ov-{fmt}"
-        print(f"[3/5] exporting {fmt} -> {out_dir}")
+    rows = [("PyTorch port (eager)", "-", f"{torch_ppl:.3f}", "-", f"{NEW_TOKENS}/{NEW_TOKENS}", f"{torch_tps:.1f}")]
+    for fmt in FORMATS:
+        out_dir = workdir / f"trained-ov-{fmt}"
+        print(f"[2/4] exporting {fmt} -> {out_dir}")
         export(folder, out_dir, weight_format=fmt, overwrite=True, log=lambda line: None)
-        print(f"[4/5] optimum-intel OVModelForCausalLM ({fmt})")
-        ov_model = OVModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True, ov_config=dict(F32_CONFIG))
+        print(f"[3/4] optimum-intel OVModelForCausalLM ({fmt}): greedy on held-out source, perplexity")
+        ov_model = load_ov_causal_lm(out_dir, ov_config=dict(F32_CONFIG))
         ov_model.generation_config.eos_token_id = None
         ov_model.generate(ids[:, :8], max_new_tokens=2, do_sample=False)  # warm-up
         start = time.perf_counter()
         generated = ov_model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)[0, SEQ:].tolist()
         tps = NEW_TOKENS / (time.perf_counter() - start)
-        rows.append((f"OpenVINO stateful {fmt}", f"{ir_megabytes(out_dir):.2f}",
-                     f"{agreeing_prefix(reference, generated)}/{NEW_TOKENS}", f"{tps:.1f}"))
+        runner = OVCausalLM(out_dir, "CPU", dict(F32_CONFIG))
+        ir_ppl = perplexity([runner.greedy(w.numpy(), 0)[0] for w in windows], windows)
+        rows.append((f"OpenVINO stateful {fmt}", f"{ir_megabytes(out_dir):.2f}", f"{ir_ppl:.3f}",
+                     f"{100 * (ir_ppl / torch_ppl - 1):+.2f}%", f"{agreeing_prefix(reference, generated)}/{NEW_TOKENS}",
+                     f"{tps:.1f}"))
 
-    print("[5/5] OpenVINO GenAI LLMPipeline, text in, text out (int4 IR)")
+    print("[4/4] OpenVINO GenAI LLMPipeline, text in, text out (int4 IR)")
     import openvino_genai
 
-    pipe = openvino_genai.LLMPipeline(str(workdir / "seed-ov-int4"), "CPU", ATTENTION_BACKEND="SDPA")
-    config = openvino_genai.GenerationConfig(max_new_tokens=16, apply_chat_template=False)
-    text = pipe.generate("The quick brown fox", config)
-    print(f"      'The quick brown fox' -> {text!r} (random weights: the words are noise, the path is real)")
+    pipe = openvino_genai.LLMPipeline(str(workdir / "trained-ov-int4"), "CPU", ATTENTION_BACKEND="SDPA")
+    config = openvino_genai.GenerationConfig(max_new_tokens=48, apply_chat_template=False)
+    text = pipe.generate(CODE_PROMPT, config)
+    print("      prompt:\n" + "\n".join("      | " + line for line in CODE_PROMPT.split("\n")))
+    print("      continuation (greedy, INT4):\n" + "\n".join("      > " + line for line in text.split("\n")))
 
-    header = ("model", "IR MB", "greedy agreement", "tokens/s")
+    header = ("model", "IR MB", "held-out ppl", "vs PyTorch", "greedy agreement", "tokens/s")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print()
     for row in (header, tuple("-" * w for w in widths), *rows):
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    print(f"\nsummary: seed toy ({sum(p.numel() for p in model.parameters()):,} params), prompt {SEQ} tokens, "
-          f"{NEW_TOKENS} new; cache parity {'OK' if cache_diff < 1e-4 else 'FAILED'} ({cache_diff:.1e})")
+    print(f"\nsummary: trained toy ({sum(p.numel() for p in model.parameters()):,} params, trained on the Python "
+          f"standard library); held-out perplexity over {PPL_WINDOWS}x{PPL_LENGTH} tokens of unseen stdlib files "
+          f"{torch_ppl:.2f} vs {unigram:.1f} for a unigram model fitted on that text; greedy prompt {SEQ} held-out "
+          f"tokens, {NEW_TOKENS} new; cache parity {'OK' if cache_diff < 1e-4 else 'FAILED'} ({cache_diff:.1e})")
     if cache_diff >= 1e-4:
         raise SystemExit("cache parity failed")

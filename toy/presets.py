@@ -117,3 +117,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_nextn_predict_layers": 0,
     },
 }
+
+# Trained toys (`toy/train.py`): the `seed` and `full` geometries, trained on the Python standard library's
+# sources; their release-layout weights and tokenizer ship in `toy/trained/` (written by `toy.trained`).
+PRESETS["trained"] = dict(PRESETS["seed"])
+PRESETS["trained-full"] = dict(PRESETS["full"])
+TRAINED_PRESETS = ("trained", "trained-full")

@@ -92,7 +92,7 @@ def dequantize_fp4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------
 # Quantisers
 # ------------------------------------------------------------------------------------------------------
-def _round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def round_to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index of the nearest entry of `grid` (sorted magnitudes, index = code) for |x|, ties to the even
     index, saturating at the largest entry. Distances are compared in FP64, where they are exact."""
     a = x.abs().double()
@@ -126,7 +126,7 @@ def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     exp = _exponents(amax, FP8_MAX)
     scaled = w * _expand_blocks(E8M0_VALUES[(127 - exp).long()], (rows, cols), (FP8_BLOCK, FP8_BLOCK))
     magnitudes = FP8_VALUES[:127]  # codes 0..126: the finite non-negative values, increasing
-    codes = _round_to_grid(scaled, magnitudes) | (torch.signbit(scaled).long() << 7)
+    codes = round_to_grid(scaled, magnitudes) | (torch.signbit(scaled).long() << 7)
     return codes.to(torch.uint8).view(torch.float8_e4m3fn), _e8m0_bytes(exp)
 
 
@@ -139,6 +139,6 @@ def quantize_fp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = w.abs().view(rows, cols // FP4_GROUP, FP4_GROUP).amax(dim=2)
     exp = _exponents(amax, FP4_MAX)
     scaled = w * E8M0_VALUES[(127 - exp).long()].repeat_interleave(FP4_GROUP, 1)
-    codes = _round_to_grid(scaled, FP4_VALUES[:8]) | (torch.signbit(scaled).long() << 3)
+    codes = round_to_grid(scaled, FP4_VALUES[:8]) | (torch.signbit(scaled).long() << 3)
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
     return packed.to(torch.uint8).view(torch.int8), _e8m0_bytes(exp)

@@ -161,14 +161,15 @@ def train_merges(corpus: str, max_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer(vocab_size: int):
-    """The `tokenizers.Tokenizer` with exactly `vocab_size` entries (see the module docstring)."""
+def build_tokenizer(vocab_size: int, corpus: str = CORPUS):
+    """The `tokenizers.Tokenizer` with exactly `vocab_size` entries (see the module docstring), its merges
+    learned from `corpus` (the trained toys pass Python standard-library sources, `toy/train.py`)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
     if vocab_size < MIN_VOCAB:
         raise ValueError(f"vocab_size {vocab_size} < {MIN_VOCAB} (2 special tokens + 256 bytes)")
     tokens = [*SPECIAL_TOKENS, *_byte_alphabet()]
-    merges = train_merges(CORPUS, vocab_size - len(tokens))
+    merges = train_merges(corpus, vocab_size - len(tokens))
     for left, right in merges:
         tokens.append(left + right)
     n = 0
@@ -191,13 +192,13 @@ def build_tokenizer(vocab_size: int):
     return tok
 
 
-def build_hf_tokenizer(vocab_size: int, model_max_length: int | None = None):
+def build_hf_tokenizer(vocab_size: int, model_max_length: int | None = None, corpus: str = CORPUS):
     """The tokenizer wrapped for transformers (`PreTrainedTokenizerFast`), with the chat template."""
     from transformers import PreTrainedTokenizerFast
 
     extra: dict[str, Any] = {} if model_max_length is None else {"model_max_length": model_max_length}
     return PreTrainedTokenizerFast(
-        tokenizer_object=build_tokenizer(vocab_size),
+        tokenizer_object=build_tokenizer(vocab_size, corpus),
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=EOS_TOKEN,

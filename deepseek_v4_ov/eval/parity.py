@@ -26,6 +26,7 @@ import openvino as ov
 import torch
 
 from deepseek_v4_ov.convert import static as static_cache
+from deepseek_v4_ov.eval import text_eval
 from deepseek_v4_ov.eval.metrics import agreeing_prefix, compare_logits, prompt_set
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
 
@@ -48,6 +49,10 @@ class Cell:
     first_token_agree: float = float("nan")  # fraction of prompts whose first new token matches
     agreeing_prefix: list[int] = field(default_factory=list)  # per prompt, out of new_tokens
     batch2_max_abs: float = float("nan")  # batch of 2 vs each row alone, same IR
+    ppl: float = float("nan")  # perplexity of the prompts under the IR's prompt logits (text_eval.perplexity)
+    ppl_rel: float = float("nan")  # ppl / PyTorch's ppl - 1
+    disagree_margin: list = field(default_factory=list)  # per prompt: PyTorch's top1-top2 gap at the first
+    # differing greedy token (None where all agree): a small gap is rounding, a large one a bug
     compile_s: float = float("nan")
     prefill_ms: float = float("nan")
     decode_ms: float = float("nan")
@@ -60,6 +65,8 @@ class Reference:
     prompts: list[torch.Tensor]
     logits: list[np.ndarray]
     tokens: list[list[int]]
+    margins: list[list[float]] = field(default_factory=list)  # per prompt, per greedy step: top1 - top2
+    ppl: float = float("nan")
 
 
 def default_lengths(config, count: int) -> tuple[int, ...]:
@@ -70,27 +77,35 @@ def default_lengths(config, count: int) -> tuple[int, ...]:
 
 @torch.no_grad()
 def reference_outputs(model, prompts: list[torch.Tensor], new_tokens: int) -> Reference:
-    logits, tokens = [], []
+    logits, tokens, margins = [], [], []
     for ids in prompts:
         out = model(ids)
         logits.append(out.logits.numpy())
-        cache, last, new = out.past_key_values, out.logits[:, -1], []
+        cache, last, new, gaps = out.past_key_values, out.logits[:, -1], [], []
         for _ in range(new_tokens):
             new.append(int(last.argmax(-1)))
+            gaps.append(text_eval.margin(last[0]))
             last = model(torch.tensor([[new[-1]]]), past_key_values=cache).logits[:, -1]
         tokens.append(new)
-    return Reference(prompts, logits, tokens)
+        margins.append(gaps)
+    return Reference(prompts, logits, tokens, margins, text_eval.perplexity(logits, prompts))
 
 
 def run_cell(runner: OVCausalLM, ref: Reference, new_tokens: int, cell: Cell) -> None:
     """Fill `cell` from one compiled model."""
-    stats, firsts, prefixes = [], [], []
-    for ids, logits, tokens in zip(ref.prompts, ref.logits, ref.tokens):
+    stats, firsts, prefixes, all_logits, gaps = [], [], [], [], []
+    for ids, logits, tokens, margins in zip(ref.prompts, ref.logits, ref.tokens, ref.margins):
         ov_logits, ov_tokens = runner.greedy(ids.numpy(), new_tokens)
+        all_logits.append(ov_logits)
         stats.append(compare_logits(torch.from_numpy(logits), torch.from_numpy(ov_logits)))
         ov_tokens = ov_tokens[0].tolist()
         firsts.append(float(ov_tokens[:1] == tokens[:1]))
         prefixes.append(agreeing_prefix(tokens, ov_tokens))
+        where = text_eval.first_disagreement(tokens, ov_tokens)
+        gaps.append(None if where is None else margins[where])
+    cell.ppl = text_eval.perplexity(all_logits, ref.prompts)
+    cell.ppl_rel = cell.ppl / ref.ppl - 1
+    cell.disagree_margin = gaps
     cell.max_abs = max(s.max_abs for s in stats)
     cell.mean_abs = float(np.mean([s.mean_abs for s in stats]))
     cell.top1_agreement = float(np.mean([s.top1_agreement for s in stats]))
@@ -139,7 +154,7 @@ def static_model(model, weight_format: str, max_len: int, workdir: Path, log=pri
 
 
 def run(
-    model_dir: Path,
+    model_dir: Path | None,
     workdir: Path,
     devices: list[str] | None = None,
     weight_formats: tuple[str, ...] = ("fp32", "int8", "int4"),
@@ -147,21 +162,49 @@ def run(
     new_tokens: int = 32,
     cpu_precision: str = "f32",
     log=print,
+    prompt_source: str = "random",
+    prompt_length: int | None = None,
 ) -> tuple[list[Cell], dict]:
-    """Export, run and compare; return the cells and run metadata."""
-    from deepseek_v4_ov.checkpoint.release import load_model
+    """Export, run and compare; return the cells and run metadata.
+
+    `model_dir` None: the trained toy (`toy/trained`, release layout) written to `workdir/trained`.
+    `prompt_source` "random": seeded random ids crossing the window and two ratio-128 boundaries;
+    "heldout": windows of the shipped held-out Python source (never trained on), encoded with the model's
+    own tokenizer. `prompt_length` fixes every prompt's length (default: `default_lengths`)."""
     from deepseek_v4_ov.checkpoint.layout import read_config
+    from deepseek_v4_ov.checkpoint.release import load_model
     from deepseek_v4_ov.export.pipeline import export
 
-    model_dir, workdir = Path(model_dir), Path(workdir)
+    workdir = Path(workdir)
+    if prompt_length is not None and prompt_length < 2:
+        raise ValueError(f"--prompt-length {prompt_length}: a prompt needs at least 2 tokens (perplexity scores "
+                         "token t+1 from position t)")
+    if model_dir is None:
+        from toy.trained import write_trained_toy
+
+        model_dir = workdir / "trained"
+        if not (model_dir / "config.json").is_file():
+            log(f"[parity] writing the trained toy (release layout) to {model_dir}")
+            write_trained_toy(model_dir, "trained", "fp8", overwrite=True)
+    model_dir = Path(model_dir)
     config = read_config(model_dir)
     available = ov.Core().available_devices
     devices = devices or sorted({d.split(".")[0] for d in available} | {STATIC})
-    lengths = default_lengths(config, prompts)
-    prompt_ids = prompt_set(config.vocab_size, lengths, seed=0)
-    log(f"[parity] reference: PyTorch port (FP32) on prompts of {list(lengths)} tokens, {new_tokens} new tokens")
+    lengths = (prompt_length,) * prompts if prompt_length else default_lengths(config, prompts)
+    if prompt_source == "heldout":
+        prompt_ids = text_eval.heldout_prompts(model_dir, prompts, max(lengths))
+        prompt_ids = [p[:, :n] for p, n in zip(prompt_ids, lengths)]
+    elif prompt_source == "random":
+        prompt_ids = prompt_set(config.vocab_size, lengths, seed=0)
+    else:
+        raise ValueError(f"prompt_source {prompt_source!r}: choose 'random' or 'heldout'")
+    log(f"[parity] reference: PyTorch port (FP32) on {prompt_source} prompts of {list(lengths)} tokens, "
+        f"{new_tokens} new tokens")
     model = load_model(model_dir).float().eval()
     ref = reference_outputs(model, prompt_ids, new_tokens)
+    mtp = text_eval.mtp_accuracy(model, prompt_ids)
+    log(f"[parity] PyTorch perplexity {ref.ppl:.4f}" + (f"; MTP top-1 on t+2 {mtp['mtp_top1_t+2']:.3f} (main "
+                                                         f"model on t+1 {mtp['main_top1_t+1']:.3f})" if mtp else ""))
     static_len = max(lengths) + new_tokens
 
     cells: list[Cell] = []
@@ -190,7 +233,7 @@ def run(
                 if device not in ("NPU", STATIC):
                     cell.batch2_max_abs = batch2_gap(runner, prompt_ids)
                 log(f"[parity] {fmt:6s} {device:10s} max|d| {cell.max_abs:.2e}  top1 {cell.top1_agreement:.3f}  "
-                    f"first {cell.first_token_agree:.2f}  prefix {cell.agreeing_prefix}")
+                    f"ppl {cell.ppl:.4f} ({100 * cell.ppl_rel:+.2f}%)  prefix {cell.agreeing_prefix}")
             except Exception as err:  # a device that cannot compile or run is a result, not a crash
                 cell.status, cell.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
                 log(f"[parity] {fmt:6s} {device:10s} FAILED: {cell.error}")
@@ -203,6 +246,9 @@ def run(
         "new_tokens": new_tokens,
         "cpu_precision": cpu_precision,
         "static_length": static_len,
+        "prompt_source": prompt_source,
+        "pytorch_ppl": ref.ppl,
+        "mtp": mtp,
     }
     return cells, meta
 
@@ -221,7 +267,10 @@ COLUMNS = (
     ("top5", lambda c: f"{c.top5_overlap:.3f}"),
     ("KL", lambda c: f"{c.kl_mean:.2e}"),
     ("1st tok", lambda c: f"{c.first_token_agree:.2f}"),
+    ("ppl", lambda c: f"{c.ppl:.4f}"),
+    ("dppl", lambda c: f"{100 * c.ppl_rel:+.2f}%"),
     ("greedy prefix", lambda c: "/".join(map(str, c.agreeing_prefix))),
+    ("margin@diff", lambda c: "/".join("-" if g is None else f"{g:.2f}" for g in c.disagree_margin)),
     ("batch2", lambda c: f"{c.batch2_max_abs:.1e}"),
     ("compile s", lambda c: f"{c.compile_s:.1f}"),
     ("prefill ms", lambda c: f"{c.prefill_ms:.1f}"),
@@ -252,7 +301,10 @@ def markdown(cells: list[Cell], meta: dict) -> str:
     header = [name for name, _ in COLUMNS]
     out = [f"# Parity report: {meta['model']}", "",
            f"{meta['date']}, OpenVINO {meta['openvino']}, devices {meta['available_devices']}; prompts of "
-           f"{meta['prompt_lengths']} tokens, {meta['new_tokens']} new tokens; CPU precision {meta['cpu_precision']}.",
+           f"{meta['prompt_lengths']} tokens ({meta.get('prompt_source', 'random')}), {meta['new_tokens']} new "
+           f"tokens; CPU precision {meta['cpu_precision']}; PyTorch perplexity {meta.get('pytorch_ppl', float('nan')):.4f}"
+           + (f"; MTP top-1 on t+2 {meta['mtp']['mtp_top1_t+2']:.3f} (main model on t+1 "
+              f"{meta['mtp']['main_top1_t+1']:.3f})" if meta.get("mtp") else "") + ".",
            "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(cells)]
     return "\n".join(out) + "\n"

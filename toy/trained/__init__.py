@@ -1,0 +1,118 @@
+"""The trained toys: `deepseek-v4-ov toy OUT --preset trained` / `--preset trained-full`.
+
+Weights trained by `toy/train.py` on the Python standard library's sources (see toy/trained/README.md),
+shipped here in the release layout (routed experts FP4 e2m1 + E8M0 per-32 scales, linears FP8 e4m3 +
+E8M0 128x128 scales, the rest BF16/F32/I64), with the byte-level BPE tokenizer trained on the same corpus
+and a held-out sample of standard-library files that were never trained on (`heldout.txt`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+TOKENIZER_JSON = HERE / "tokenizer" / "tokenizer.json"
+HELDOUT_TXT = HERE / "heldout.txt"
+FOLDERS = {"trained": HERE / "trained", "trained-full": HERE / "trained-full"}
+
+
+def stored_tensors(name: str) -> dict[str, torch.Tensor]:
+    """The shipped release-layout tensors of trained preset `name` (quantised weights and their scales)."""
+    from safetensors.torch import load_file
+
+    if name not in FOLDERS:
+        raise ValueError(f"unknown trained preset {name!r}; choose one of {sorted(FOLDERS)}")
+    shards = sorted(FOLDERS[name].glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no weights for trained preset {name!r} in {FOLDERS[name]}")
+    out: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        out.update(load_file(str(shard)))
+    return out
+
+
+def build_model(name: str):
+    """The trained toy as an FP32 `DeepseekV4ForCausalLM` holding exactly the stored (dequantised) values."""
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+    from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
+    from deepseek_v4_ov.checkpoint.release import decode_release
+    from toy.presets import PRESETS
+
+    stored = stored_tensors(name)
+    model = DeepseekV4ForCausalLM(DeepseekV4Config(**PRESETS[name])).eval()
+    state = {k: decode_release(k, stored) for k in stored if not k.endswith(".scale")}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model, stored
+
+
+def write_tokenizer(folder: Path, model_max_length: int) -> None:
+    """The trained tokenizer with the toys' special tokens and chat template, saved as transformers does."""
+    from transformers import PreTrainedTokenizerFast
+
+    from deepseek_v4_ov.checkpoint.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON), bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+                                  pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False,
+                                  chat_template=CHAT_TEMPLATE, model_max_length=model_max_length)
+    tok.save_pretrained(str(folder))
+    config_path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_trained_toy(output: Path, name: str, fmt: str = "fp8", overwrite: bool = False,
+                      max_shard_bytes: int = 2 << 20):
+    """Write trained preset `name` to `output` (atomic). `fp8` copies the release-layout tensors as shipped;
+    `fp32`/`bf16` write their exact dequantised values (FP8/FP4 times E8M0 scales are exact in BF16 too,
+    so all three formats hold the same model). Returns the in-memory FP32 model."""
+    from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
+    from deepseek_v4_ov.checkpoint.toy import FORMATS, copy_bundled_code, official_config_dict, official_dtype
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
+    model, stored = build_model(name)
+    if fmt != "fp8":
+        stored = {k: t.to(official_dtype(k, t, fmt)) for k, t in model.state_dict().items()}
+    with atomic_output_dir(Path(output), overwrite) as folder:
+        write_shards(folder, stored, max_shard_bytes)
+        config = official_config_dict(model.config, fmt)
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+                      "do_sample": False}
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        copy_bundled_code(folder)
+        write_tokenizer(folder, config["max_position_embeddings"])
+    return model
+
+
+def heldout_text() -> str:
+    """Held-out Python source (standard-library files never trained on; PSF licence, see README.md)."""
+    return HELDOUT_TXT.read_text()
+
+
+def heldout_ids(tokenizer) -> list[int]:
+    """The held-out sample encoded with `tokenizer` (bos first)."""
+    return tokenizer(heldout_text(), verbose=False)["input_ids"]  # longer than model_max_length on purpose
+
+
+def heldout_windows(tokenizer, count: int, length: int) -> list[torch.Tensor]:
+    """`count` consecutive, non-overlapping windows `[1, length]` of the held-out ids (deterministic)."""
+    ids = heldout_ids(tokenizer)
+    if count * length > len(ids):
+        raise ValueError(f"held-out sample has {len(ids)} tokens, fewer than {count} x {length}")
+    step = len(ids) // count
+    return [torch.tensor([ids[i * step : i * step + length]]) for i in range(count)]
+
+
+def unigram_perplexity(ids: list[int]) -> float:
+    """Perplexity of the unigram model fitted on `ids` themselves (its best possible score on them)."""
+    counts = Counter(ids)
+    n = len(ids)
+    return math.exp(-sum(c * math.log(c / n) for c in counts.values()) / n)
