@@ -31,7 +31,8 @@ import torch
 from deepseek_v4_ov.eval import parity
 from deepseek_v4_ov.eval import text_eval
 from deepseek_v4_ov.cli import main as cli_main
-from deepseek_v4_ov.export.pipeline import export, load_model
+from deepseek_v4_ov.checkpoint.release import load_model
+from deepseek_v4_ov.export.pipeline import export
 from deepseek_v4_ov.checkpoint.release import decode_release, encode_release, storage_format
 from deepseek_v4_ov.checkpoint.tokenizer import check_ov_parity, load_hf_tokenizer
 from toy import train
