@@ -84,22 +84,23 @@ def fp8_subgraph(q: torch.Tensor, s: torch.Tensor, name: str):
 _CHUNK = 1 << 22  # elements per step of the f16/bf16 conversion (bounded temporaries)
 
 
-def half_constant(values: np.ndarray, name: str):
-    """A BF16-valued f32 matrix as f16 (when every value is exact in f16) or bf16, with a Convert back to
-    f32. Works in row chunks, so the temporaries stay small next to the matrix."""
-    flat = np.asarray(values, dtype=np.float32).reshape(-1)
-    shape = list(np.shape(values))
+def half_constant(values: torch.Tensor, name: str):
+    """A BF16-valued matrix (a bf16 or f32 tensor) as f16 (when every value is exact in f16) or bf16, with a
+    Convert back to f32. Works in chunks, so no f32 copy of the whole matrix is made."""
+    flat_t = values.reshape(-1)
+    shape = list(values.shape)
     step = _CHUNK
-    exact16 = all(np.array_equal(flat[i:i + step].astype(np.float16).astype(np.float32), flat[i:i + step],
-                                 equal_nan=True) for i in range(0, flat.size, step))
-    if not exact16:
-        for i in range(0, flat.size, step):
-            if np.any(flat[i:i + step].view(np.uint32) & 0xFFFF):
-                raise ValueError(f"{name}: values are not BF16, cannot store them as bf16 losslessly")
+
+    def chunks():
+        for i in range(0, flat_t.numel(), step):
+            yield i, flat_t[i:i + step].to(torch.float32).numpy()
+
+    exact16 = all(np.array_equal(c.astype(np.float16).astype(np.float32), c, equal_nan=True) for _, c in chunks())
+    if not exact16 and any(np.any(c.view(np.uint32) & 0xFFFF) for _, c in chunks()):
+        raise ValueError(f"{name}: values are not BF16, cannot store them as bf16 losslessly")
     t = ov.Tensor(ov.Type.f16 if exact16 else ov.Type.bf16, ov.Shape(shape))
     dst = np.asarray(t.data).view(np.uint16).reshape(-1)
-    for i in range(0, flat.size, step):
-        chunk = flat[i:i + step]
+    for i, chunk in chunks():
         dst[i:i + chunk.size] = chunk.astype(np.float16).view(np.uint16) if exact16 else chunk.view(np.uint32) >> 16
     c = ops.constant(t)
     c.set_friendly_name(name)

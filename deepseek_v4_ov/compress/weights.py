@@ -97,7 +97,7 @@ def bind_weights(ov_model: ov.Model, source, compression: CompressionOptions | N
             coded[name] = (fp4_subgraph if kind == FP4 else fp8_subgraph)(
                 source.get(name), source.get(scale_name(name)), f"self.model.{name}")
         elif native and kind == BF16 and len([d for d in param.get_output_shape(0) if d != 1]) >= 2:
-            coded[name] = half_constant(source.tensor(name).float().numpy(), f"self.model.{name}")
+            coded[name] = half_constant(source.tensor(name), f"self.model.{name}")
         else:
             _replace(param, _plain(source.tensor(name), name).output(0))
             ov_model.remove_parameter(param)

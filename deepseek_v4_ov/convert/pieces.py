@@ -32,7 +32,7 @@ from deepseek_v4_ov.model.modeling_deepseek_v4 import Block, HcHead, RMSNorm, Ro
 
 EMBED, HEAD = "embed", "head"
 TRACE_TOKENS, TRACE_BATCH, TRACE_NEW = 133, 2, 5  # trace from a cache holding 133 tokens, 5 new, batch 2
-TRACE_VOCAB = 4096  # rows of the head's stand-in (the logits' width follows the bound weight)
+TRACE_VOCAB = 4096  # rows of the embed/head stand-ins (example ids stay below; shapes follow the bound weights)
 LINKS = ("streams", "positions")  # piece outputs that later pieces read as inputs of the same name
 
 
@@ -159,7 +159,7 @@ def _trace_experts(config: DeepseekV4Config) -> int:
 def placeholder_piece(config: DeepseekV4Config, units: list[str]
                       ) -> tuple[Piece, dict[str, torch.Tensor], dict[str, tuple[tuple[int, ...], torch.dtype]]]:
     """The piece with stand-in weights that cost no memory (zero-stride views; the stacked experts and the
-    router cut to `_trace_experts`, the head to TRACE_VOCAB rows), the stand-ins by name, and every
+    router cut to `_trace_experts`, embed and head to TRACE_VOCAB rows), the stand-ins by name, and every
     weight's real (shape, dtype)."""
     with torch.device("meta"):
         piece = Piece(config, units)
@@ -173,11 +173,17 @@ def placeholder_piece(config: DeepseekV4Config, units: list[str]
         real[name] = (shape, t.dtype)
         if name.endswith(("ffn.gate.weight", "ffn.gate.bias")):
             shape = (small, *shape[1:])
-        if name == "head.weight":  # a matmul would copy a zero-stride stand-in of the whole vocabulary
-            shape = (min(shape[0], TRACE_VOCAB), *shape[1:])
+        if name in ("head.weight", "embed.weight"):  # a matmul/lookup would copy a zero-stride stand-in
+            shape = (min(shape[0], TRACE_VOCAB), *shape[1:])  # of the whole vocabulary
         stand_in[name] = (torch.randint(0, small, shape) if name.endswith("tid2eid")
                           else torch.zeros((), dtype=t.dtype).expand(shape))
-    piece.model.load_state_dict(stand_in, strict=False, assign=True)
+    for name, value in stand_in.items():  # assigned directly: the cut router and head differ in shape
+        owner, _, leaf = name.rpartition(".")
+        module = piece.model.get_submodule(owner)
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+        else:
+            module._buffers[leaf] = value
     for i in piece.layer_ids:
         shapes = {"w1": (inter, hd), "w3": (inter, hd), "w2": (hd, inter)}
         for k, shape in shapes.items():
@@ -199,7 +205,7 @@ def _example(piece: Piece, config: DeepseekV4Config) -> tuple[torch.Tensor, ...]
     g = torch.Generator().manual_seed(1)
     hc, hd = config.hc_mult, config.hidden_size
     with torch.no_grad():
-        warm_ids = torch.randint(2, config.vocab_size, (1, TRACE_TOKENS), generator=g)
+        warm_ids = torch.randint(2, min(config.vocab_size, TRACE_VOCAB), (1, TRACE_TOKENS), generator=g)
         warm = (warm_ids, torch.ones_like(warm_ids), torch.arange(TRACE_TOKENS)[None]) if EMBED in piece.units else (
             (warm_ids, torch.randn(1, TRACE_TOKENS, hc, hd, generator=g), torch.arange(TRACE_TOKENS)[None])
             if piece.layer_ids else (torch.randn(1, TRACE_TOKENS, hc, hd, generator=g),))
@@ -207,7 +213,7 @@ def _example(piece: Piece, config: DeepseekV4Config) -> tuple[torch.Tensor, ...]
         out = piece(*warm, *empty.values())
         state = dict(zip(empty, out[len(out) - len(empty):]))
     batch = {k: v.expand(TRACE_BATCH, *v.shape[1:]).contiguous() for k, v in state.items()}
-    ids = torch.randint(2, config.vocab_size, (TRACE_BATCH, TRACE_NEW), generator=g)
+    ids = torch.randint(2, min(config.vocab_size, TRACE_VOCAB), (TRACE_BATCH, TRACE_NEW), generator=g)
     pos = torch.arange(TRACE_TOKENS, TRACE_TOKENS + TRACE_NEW).expand(TRACE_BATCH, -1)
     streams = torch.randn(TRACE_BATCH, TRACE_NEW, hc, hd, generator=g)
     if EMBED in piece.units:
