@@ -32,18 +32,20 @@ def run_toy(args: argparse.Namespace) -> None:
     from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
 
     start = time.perf_counter()
+    if args.preset in TRAINED_PRESETS:  # every check before the first line of output
+        if args.seed != 0:
+            raise ValueError(f"--seed {args.seed}: the trained presets ship one set of weights (trained with seed 0)")
+        if args.sets:
+            raise ValueError("--set: the trained presets ship one geometry (their weights are trained for it)")
+    else:
+        geometry = toy_config(PRESETS[args.preset], args.sets)
     sets = "".join(f" {item}" for item in args.sets)
     print(f"writing toy '{args.preset}'{sets} (seed {args.seed}, {args.format}) to {args.output}")
     if args.preset in TRAINED_PRESETS:
         from toy.trained import write_trained_toy
 
-        if args.seed != 0:
-            raise ValueError(f"--seed {args.seed}: the trained presets ship one set of weights (trained with seed 0)")
-        if args.sets:
-            raise ValueError("--set: the trained presets ship one geometry (their weights are trained for it)")
         model = write_trained_toy(args.output, args.preset, args.format, overwrite=args.overwrite)
     else:
-        geometry = toy_config(PRESETS[args.preset], args.sets)
         model = write_toy(args.output, geometry, args.seed, args.format, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     size = sum(f.stat().st_size for f in args.output.glob("*.safetensors"))
