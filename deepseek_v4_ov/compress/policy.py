@@ -44,6 +44,8 @@ constants per tensor group, so the policy can be checked on the saved IR.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -324,7 +326,9 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
         from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
         if not verbose:
-            nncf.set_log_level(40)  # NNCF's per-run tables and progress bars; the exporter prints its own
+            nncf.set_log_level(40)  # NNCF's per-run tables; the exporter prints its own progress
+        # NNCF's progress bar (rich, on stdout), drawn once per call: an export makes several calls per piece
+        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
         r = opts.resolved()
         targets = plan(ov_model, opts)
         if targets[PRIMARY]:
@@ -340,16 +344,19 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
                         group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
                 }
             try:
-                ov_model = nncf.compress_weights(
-                    ov_model, mode=mode, ignored_scope=_ignored_all_but(ov_model, set(targets[PRIMARY])), **kwargs)
+                with quiet:
+                    ov_model = nncf.compress_weights(
+                        ov_model, mode=mode, ignored_scope=_ignored_all_but(ov_model, set(targets[PRIMARY])),
+                        **kwargs)
             except nncf.errors.InvalidGroupSizeError as err:
                 first = str(err).strip().splitlines()
                 raise ValueError(f"--group-size {r['group_size']}: {first[0]} {first[-1].strip()}") from err
         backup = r.get("backup_precision", "none")
         if targets[EIGHT_BIT] and backup != "none":
-            ov_model = nncf.compress_weights(
-                ov_model, mode=nncf.CompressWeightsMode(backup),
-                ignored_scope=_ignored_all_but(ov_model, set(targets[EIGHT_BIT])))
+            with quiet:
+                ov_model = nncf.compress_weights(
+                    ov_model, mode=nncf.CompressWeightsMode(backup),
+                    ignored_scope=_ignored_all_but(ov_model, set(targets[EIGHT_BIT])))
     _to_f16(ov_model)
     return ov_model
 
