@@ -20,7 +20,9 @@ its constant, straight from the checkpoint, one tensor (or one chunk of experts)
 
 from __future__ import annotations
 
+import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 import torch
 from torch import nn
 
@@ -34,6 +36,12 @@ EMBED, HEAD = "embed", "head"
 TRACE_TOKENS, TRACE_BATCH, TRACE_NEW = 133, 2, 5  # trace from a cache holding 133 tokens, 5 new, batch 2
 TRACE_VOCAB = 4096  # rows of the embed/head stand-ins (example ids stay below; shapes follow the bound weights)
 LINKS = ("streams", "positions")  # piece outputs that later pieces read as inputs of the same name
+
+
+def _slot(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding the parameter or buffer `name` (dotted, relative to `root`) and its attribute."""
+    owner, _, leaf = name.rpartition(".")
+    return root.get_submodule(owner), leaf
 
 
 def units_of(config: DeepseekV4Config) -> list[str]:
@@ -93,8 +101,7 @@ class Piece(nn.Module):
         attributes, set from the inputs on every call (a trace sees them as graph inputs)."""
         self._weights = {}
         for name in names:
-            owner, _, leaf = f"model.{name}".rpartition(".")
-            module = self.get_submodule(owner)
+            module, leaf = _slot(self.model, name)
             value = module._parameters.pop(leaf, None)
             if value is None and leaf in module._buffers:
                 value = module._buffers.pop(leaf)
@@ -178,8 +185,7 @@ def placeholder_piece(config: DeepseekV4Config, units: list[str]
         stand_in[name] = (torch.randint(0, small, shape) if name.endswith("tid2eid")
                           else torch.zeros((), dtype=t.dtype).expand(shape))
     for name, value in stand_in.items():  # assigned directly: the cut router and head differ in shape
-        owner, _, leaf = name.rpartition(".")
-        module = piece.model.get_submodule(owner)
+        module, leaf = _slot(piece.model, name)
         if leaf in module._parameters:
             module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
         else:
@@ -241,9 +247,6 @@ def _resolve_reshapes(ov_model: ov.Model) -> None:
     (`[0, 0, -1]` of `[?, ?, 4, 128]` -> `[0, 0, 512]`). The frontend writes either form, depending on
     what shape inference knew where it traced, so without this a piece and the whole model differ in a few
     shape constants; with it, any cut of the model has the same constants."""
-    import numpy as np
-    import openvino.opset13 as ops
-
     for op in ov_model.get_ops():
         if op.get_type_name() != "Reshape" or not op.get_attributes().get("special_zero"):
             continue
