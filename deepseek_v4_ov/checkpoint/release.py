@@ -5,7 +5,8 @@ what this module adds is the storage layout (spec section 6):
 
 * routed experts `(layers|mtp).N.ffn.experts.E.w{1,2,3}.weight`: FP4 e2m1 packed into I8 `[O, K/2]`, with
   `.scale` F8_E8M0 `[O, K/32]`;
-* `attn.{wq_a,wq_b,wkv,wo_a,wo_b}`, `attn.indexer.wq_b`, `ffn.shared_experts.w{1,2,3}`, `mtp.N.{e,h}_proj`:
+* `attn.{wq_a,wq_b,wkv,wo_a,wo_b}`, `attn.indexer.wq_b`, `ffn.shared_experts.w{1,2,3}`, `mtp.N.{e,h}_proj`,
+  DSpark's `mtp.0.main_proj`:
   FP8 e4m3 with `.scale` F8_E8M0 `[ceil(O/128), ceil(K/128)]`;
 * `tid2eid` I64; `hc_*`, `attn_sink`, `ape`, `gate.bias` F32; everything else BF16.
 
@@ -23,7 +24,7 @@ import torch
 
 from deepseek_v4_ov.checkpoint import quant
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, CheckpointError, CheckpointReader, read_config
-from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, DeepseekV4Config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, DSPARK, DeepseekV4Config
 
 # Storage classes of one logical (port) tensor.
 FP8, FP4, BF16, F32, I64 = "fp8", "fp4", "bf16", "f32", "i64"
@@ -37,7 +38,8 @@ EXPERT_DTYPE = "fp4"
 
 _FP4_RE = re.compile(r"(layers|mtp)\.\d+\.ffn\.experts\.\d+\.w[123]\.weight")
 _FP8_RE = re.compile(
-    r"(layers|mtp)\.\d+\.(attn\.(wq_a|wq_b|wkv|wo_a|wo_b|indexer\.wq_b)|ffn\.shared_experts\.w[123]|e_proj|h_proj)"
+    r"(layers|mtp)\.\d+\.(attn\.(wq_a|wq_b|wkv|wo_a|wo_b|indexer\.wq_b)|ffn\.shared_experts\.w[123]|e_proj|h_proj|"
+    r"main_proj)"
     r"\.weight"
 )
 _F32_RE = re.compile(r"(.*\.)?hc_\w+|.*\.(attn_sink|ape|gate\.bias)")
@@ -120,12 +122,25 @@ def logical_tensors(config: DeepseekV4Config) -> dict[str, tuple[int, ...]]:
 
     for i, ratio in enumerate(c.layer_ratios):
         block(f"layers.{i}", ratio, i < c.num_hash_layers)
-    for j, ratio in enumerate(c.mtp_ratios):
+    head = {"norm.weight": (hd,), "hc_head_fn": (n, n * hd), "hc_head_base": (n,), "hc_head_scale": (1,)}
+    stages = c.mtp_ratios
+    for j, ratio in enumerate(stages):
         p = f"mtp.{j}"
         block(p, ratio, False)
-        out.update({f"{p}.e_proj.weight": (hd, hd), f"{p}.h_proj.weight": (hd, hd), f"{p}.enorm.weight": (hd,),
-                    f"{p}.hnorm.weight": (hd,), f"{p}.norm.weight": (hd,), f"{p}.hc_head_fn": (n, n * hd),
-                    f"{p}.hc_head_base": (n,), f"{p}.hc_head_scale": (1,)})
+        if c.drafter == DSPARK:  # stage 0 takes the target taps in; the last stage drafts
+            if j == 0:
+                out.update({f"{p}.main_proj.weight": (hd, len(c.dspark_target_layer_ids) * hd),
+                            f"{p}.main_norm.weight": (hd,)})
+            if j == len(stages) - 1:
+                rank = c.dspark_markov_rank
+                out.update({f"{p}.{k}": shape for k, shape in head.items()})
+                out.update({f"{p}.markov_head.markov_w1.weight": (c.vocab_size, rank),
+                            f"{p}.markov_head.markov_w2.weight": (c.vocab_size, rank),
+                            f"{p}.confidence_head.proj.weight": (1, hd + rank)})
+        else:
+            out.update({f"{p}.e_proj.weight": (hd, hd), f"{p}.h_proj.weight": (hd, hd), f"{p}.enorm.weight": (hd,),
+                        f"{p}.hnorm.weight": (hd,)})
+            out.update({f"{p}.{k}": shape for k, shape in head.items()})
     return out
 
 
@@ -277,6 +292,7 @@ GROUPS = (
     ("attention core", r".*\.attn\..*"),
     ("mHC (hc_*)", r"(.*\.)?hc_\w+"),
     ("MTP input projections", r"mtp\.\d+\.[eh]_proj\..*"),
+    ("DSpark heads and input projection", r"mtp\.\d+\.(main_proj|markov_head|confidence_head)\..*"),
     ("norms", r".*norm\.weight"),
 )
 def group_of(name: str) -> str:

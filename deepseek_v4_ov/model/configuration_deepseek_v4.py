@@ -16,6 +16,9 @@ SLIDING, CSA, HCA = 0, 4, 128
 """The three layer kinds, by compression ratio: sliding window only, compressed sparse attention with the
 lightning indexer (overlapping windows of 4), heavily compressed attention (windows of 128)."""
 
+MTP, DSPARK = "mtp", "dspark"
+"""The drafters a checkpoint can carry under `mtp.*` (see `DeepseekV4Config.drafter`)."""
+
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 
 EXPERTS_IMPLEMENTATIONS = ("loop", "grouped", "dense")
@@ -42,7 +45,8 @@ class DeepseekV4Config(PretrainedConfig):
     r"""Configuration of a DeepSeek-V4 model (`model_type="deepseek_v4"`).
 
     Field names are those of the official release's config.json. `compress_ratios` has one entry per
-    decoder layer followed by one per MTP block; `rope_scaling` (YaRN) applies to compressed layers only.
+    decoder layer followed by one per `mtp.N` block (MTP block, or DSpark stage when the `dspark_*` keys of
+    the `-DSpark`/`-0731` releases are present: see `drafter`); `rope_scaling` (YaRN) applies to compressed layers only.
     `experts_implementation` (not an official key, not saved) picks the routed experts' form, one of
     `EXPERTS_IMPLEMENTATIONS`: it changes how the experts are computed, not what.
     """
@@ -85,6 +89,10 @@ class DeepseekV4Config(PretrainedConfig):
         swiglu_limit: float = 10.0,
         topk_method: str = "noaux_tc",
         num_nextn_predict_layers: int = 1,
+        dspark_block_size: int | None = None,
+        dspark_noise_token_id: int | None = None,
+        dspark_target_layer_ids: list[int] | None = None,
+        dspark_markov_rank: int | None = None,
         hidden_act: str = "silu",
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = False,
@@ -131,6 +139,10 @@ class DeepseekV4Config(PretrainedConfig):
         self.swiglu_limit = swiglu_limit
         self.topk_method = topk_method
         self.num_nextn_predict_layers = num_nextn_predict_layers
+        self.dspark_block_size = dspark_block_size
+        self.dspark_noise_token_id = dspark_noise_token_id
+        self.dspark_target_layer_ids = None if dspark_target_layer_ids is None else list(dspark_target_layer_ids)
+        self.dspark_markov_rank = dspark_markov_rank
         self.hidden_act = hidden_act
         self.initializer_range = initializer_range
         self.use_cache = use_cache
@@ -150,6 +162,8 @@ class DeepseekV4Config(PretrainedConfig):
         out["rope_scaling"] = out.pop("yarn_scaling")
         out.pop("rope_parameters", None)
         out.pop("experts_implementation", None)  # how, not what (like attn_implementation): not saved
+        for key in [k for k in out if k.startswith("dspark_") and out[k] is None]:
+            del out[key]  # checkpoints without DSpark have no dspark_* keys
         return out
 
     @property
@@ -158,10 +172,33 @@ class DeepseekV4Config(PretrainedConfig):
         return self.compress_ratios[: self.num_hidden_layers]
 
     @property
+    def drafter(self) -> str | None:
+        """The drafter the checkpoint carries under `mtp.*`: "dspark" (the `-DSpark`/`-0731` releases' block
+        drafter, announced by the `dspark_*` keys), "mtp" (the base release's MTP blocks) or None."""
+        if self.dspark_block_size is not None:
+            return DSPARK
+        return MTP if self.num_nextn_predict_layers else None
+
+    @property
+    def drafter_blocks(self) -> int:
+        """Number of `mtp.N` blocks. DSpark checkpoints still say `num_nextn_predict_layers: 1`; their stage
+        count is the number of `compress_ratios` entries past the decoder layers (46 - 43 = 3 for V4-Flash)."""
+        if self.drafter == DSPARK:
+            return len(self.compress_ratios) - self.num_hidden_layers
+        return self.num_nextn_predict_layers
+
+    @property
     def mtp_ratios(self) -> list[int]:
-        """Compression ratio of each MTP block."""
+        """Compression ratio of each `mtp.N` block (MTP block or DSpark stage)."""
         n = self.num_hidden_layers
-        return self.compress_ratios[n : n + self.num_nextn_predict_layers]
+        return self.compress_ratios[n : n + self.drafter_blocks]
+
+    def without_drafter(self) -> DeepseekV4Config:
+        """This config with no drafter: the target model alone (`mtp.*` tensors are not part of it)."""
+        data = self.to_dict()
+        data.update(num_nextn_predict_layers=0, compress_ratios=self.layer_ratios, dspark_block_size=None,
+                    dspark_noise_token_id=None, dspark_target_layer_ids=None, dspark_markov_rank=None)
+        return type(self)(**data)
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
@@ -205,6 +242,7 @@ class DeepseekV4Config(PretrainedConfig):
         if len(self.compress_ratios) < needed:
             fail("compress_ratios", f"has {len(self.compress_ratios)} entries, needs num_hidden_layers + "
                  f"num_nextn_predict_layers = {needed}")
+        self.validate_dspark(fail)
         bad = sorted({r for r in self.compress_ratios[:needed] if r not in (SLIDING, CSA, HCA)})
         if bad:
             fail("compress_ratios", f"unknown ratio(s) {bad}; V4 uses 0 (sliding), 4 (CSA), 128 (HCA)")
@@ -219,5 +257,32 @@ class DeepseekV4Config(PretrainedConfig):
         if not (math.isfinite(self.rms_norm_eps) and self.rms_norm_eps > 0):
             fail("rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
 
+    def validate_dspark(self, fail) -> None:
+        """The `dspark_*` keys: all or none; stages (compress_ratios past the layers) sliding; target layers
+        distinct decoder layers; the noise token inside the vocabulary."""
+        keys = ("dspark_block_size", "dspark_noise_token_id", "dspark_target_layer_ids", "dspark_markov_rank")
+        given = [k for k in keys if getattr(self, k) is not None]
+        if not given:
+            return
+        if len(given) != len(keys):
+            fail(next(k for k in keys if k not in given), f"a DSpark config needs all of {', '.join(keys)}")
+        for k in ("dspark_block_size", "dspark_markov_rank"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                fail(k, f"must be a positive integer, got {getattr(self, k)!r}")
+        if not 0 <= self.dspark_noise_token_id < self.vocab_size:
+            fail("dspark_noise_token_id", f"{self.dspark_noise_token_id} is outside the vocabulary "
+                 f"(vocab_size={self.vocab_size})")
+        ids = self.dspark_target_layer_ids
+        if not ids or len(set(ids)) != len(ids) or not all(0 <= i < self.num_hidden_layers for i in ids):
+            fail("dspark_target_layer_ids", f"must be distinct decoder layer indices in [0, "
+                 f"{self.num_hidden_layers}), got {ids}")
+        stages = self.compress_ratios[self.num_hidden_layers :]
+        if not stages:
+            fail("compress_ratios", f"a DSpark config needs one entry per stage past the {self.num_hidden_layers} "
+                 f"decoder layers, got {len(self.compress_ratios)} entries")
+        if any(stages):
+            fail("compress_ratios", f"DSpark stages are sliding-window blocks (ratio 0), got {stages}")
 
-__all__ = ["DeepseekV4Config", "flash_compress_ratios", "SLIDING", "CSA", "HCA", "EXPERTS_IMPLEMENTATIONS"]
+
+__all__ = ["DeepseekV4Config", "flash_compress_ratios", "SLIDING", "CSA", "HCA", "EXPERTS_IMPLEMENTATIONS", "MTP",
+           "DSPARK"]

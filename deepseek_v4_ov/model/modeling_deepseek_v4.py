@@ -9,7 +9,8 @@ interleaved RoPE (YaRN on compressed layers), a sliding window on every layer pl
 (ratio 4), or heavily compressed attention over 128-token windows (ratio 128); grouped low-rank output;
 manifold-constrained hyper-connections (mHC, Sinkhorn-normalised) around every block; an MoE on every layer
 (sqrtsoftplus scores, bias-corrected top-k or hash routing by token id, a shared expert, SwiGLU clamp); and
-a multi-token-prediction (MTP) block.
+a drafter under `mtp.*`: the base release's multi-token-prediction (MTP) block, or the `-DSpark`/`-0731`
+releases' DSpark block drafter (stages fed by tapped target layers, a Markov bigram head, a confidence head).
 
 Decode state is a flat, ordered dict of tensors (`DeepseekV4Cache`), so that a traced graph can carry every
 piece of it as an OpenVINO state. Lengths that decide tensor shapes are read from shapes (the open-window
@@ -34,7 +35,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from .configuration_deepseek_v4 import CSA, EXPERTS_IMPLEMENTATIONS, SLIDING, DeepseekV4Config
+from .configuration_deepseek_v4 import CSA, DSPARK, EXPERTS_IMPLEMENTATIONS, MTP, SLIDING, DeepseekV4Config
 
 NEG_INF = float("-inf")
 
@@ -392,6 +393,34 @@ class Attention(nn.Module):
         self.indexer = Indexer(config) if ratio == CSA else None
         self.state_layout = STATE_LAYOUTS["growing"]
 
+    def kv_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The shared K=V rows of `x` `[B, S, head_dim]`, RoPE'd."""
+        return apply_rope(self.kv_norm(self.wkv(x)), cos, sin)
+
+    def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The low-rank query latent `qr` and the RMS-normalised, RoPE'd queries `[B, S, heads, head_dim]`."""
+        batch, seq, _ = x.shape
+        qr = self.q_norm(self.wq_a(x))
+        q = self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)
+        return qr, apply_rope(rms_normalize(q, self.eps).to(x.dtype), cos.unsqueeze(2), sin.unsqueeze(2))
+
+    def with_sink(self, scores: list[torch.Tensor]) -> torch.Tensor:
+        """Softmax over the concatenated key scores `[B, H, S, *]` and the head's sink, which takes part in
+        the denominator only (its column is returned last and never read)."""
+        batch, _, seq, _ = scores[0].shape
+        sink = self.attn_sink.float().view(1, -1, 1, 1).expand(batch, -1, seq, 1)
+        return torch.cat((*scores, sink), -1).softmax(-1)
+
+    def output(self, out: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Inverse RoPE on the heads' outputs `[B, S, heads, head_dim]`, then the grouped low-rank output:
+        group g (heads g*H/G ...) goes through its own block of wo_a."""
+        batch, seq = out.shape[:2]
+        out = apply_rope(out, cos.unsqueeze(2), sin.unsqueeze(2), inverse=True)
+        out = out.reshape(batch, seq, self.groups, -1)
+        wo_a = self.wo_a.weight.view(self.groups, -1, out.shape[-1])
+        out = torch.einsum("bsgi,goi->bsgo", out, wo_a).flatten(2)
+        return self.wo_b(out)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -402,10 +431,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
         cos, sin = rope(positions)
-        qr = self.q_norm(self.wq_a(x))
-        q = self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)
-        q = apply_rope(rms_normalize(q, self.eps).to(x.dtype), cos.unsqueeze(2), sin.unsqueeze(2))
-        kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)
+        qr, q = self.queries(x, cos, sin)
+        kv = self.kv_rows(x, cos, sin)
 
         # sliding window: W keys per query, the query's own token included
         keys, window_mask = self.state_layout.window(state, prefix + "window", kv, positions, self.window)
@@ -431,8 +458,7 @@ class Attention(nn.Module):
                 c_mask = visible_entries(positions, entries.shape[1], self.ratio)
             scores.append(c_scores.float().mul(scale).masked_fill(~c_mask[:, None], NEG_INF))
 
-        sink = self.attn_sink.float().view(1, -1, 1, 1).expand(batch, -1, seq, 1)
-        probs = torch.cat((*scores, sink), -1).softmax(-1).to(x.dtype)
+        probs = self.with_sink(scores).to(x.dtype)
         n_win = keys.shape[1]
         out = torch.einsum("bhsk,bkd->bshd", probs[..., :n_win], keys)
         if compressed is not None:
@@ -441,13 +467,7 @@ class Attention(nn.Module):
                 out = out + torch.einsum("bhsk,bskd->bshd", c_probs, compressed)
             else:
                 out = out + torch.einsum("bhsn,bnd->bshd", c_probs, compressed)
-        out = apply_rope(out, cos.unsqueeze(2), sin.unsqueeze(2), inverse=True)
-
-        # grouped low-rank output: group g (heads g*H/G ... ) goes through its own block of wo_a
-        out = out.reshape(batch, seq, self.groups, -1)
-        wo_a = self.wo_a.weight.view(self.groups, -1, out.shape[-1])
-        out = torch.einsum("bsgi,goi->bsgo", out, wo_a).flatten(2)
-        return self.wo_b(out)
+        return self.output(out, cos, sin)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
         state = {prefix + "window": torch.zeros(batch, 0, self.head_dim, device=device)}
@@ -458,6 +478,39 @@ class Attention(nn.Module):
             state.update(self.indexer.compressor.empty_state(prefix + "index_", batch, device))
             state[prefix + "index_keys"] = torch.zeros(batch, 0, self.indexer.head_dim, device=device)
         return state
+
+
+class DSparkAttention(Attention):
+    """Attention of a DSpark stage (no compressor, no indexer, no window of its own): the draft block's rows
+    attend, non-causally, to the stage's context ring and to every row of the block; the sink takes part in
+    the denominator only.
+
+    The context ring holds `kv_norm(wkv(main_x))`, RoPE'd at its position, for the last W committed target
+    positions (`main_x`: the target's tapped hidden states projected by stage 0, see `DSparkStage`); it is
+    written by `absorb` before the block is drafted. State: `context [B, min(L, W), head_dim]`.
+    """
+
+    def __init__(self, config: DeepseekV4Config) -> None:
+        super().__init__(config, SLIDING)
+
+    def absorb(self, main_x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor],
+               prefix: str) -> None:
+        """Add the K=V rows of newly committed positions `[B, n]` to the ring, keeping the last W."""
+        cos, sin = rope(positions)
+        rows = torch.cat((state[prefix + "context"], self.kv_rows(main_x, cos, sin)), 1)
+        state[prefix + "context"] = rows[:, -self.window :]
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor],
+                prefix: str) -> torch.Tensor:
+        cos, sin = rope(positions)
+        _, q = self.queries(x, cos, sin)
+        keys = torch.cat((state[prefix + "context"], self.kv_rows(x, cos, sin)), 1)  # ring, then the block
+        scores = torch.einsum("bshd,bkd->bhsk", q, keys).float().mul(self.head_dim**-0.5)
+        probs = self.with_sink([scores]).to(x.dtype)
+        return self.output(torch.einsum("bhsk,bkd->bshd", probs[..., :-1], keys), cos, sin)
+
+    def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
+        return {prefix + "context": torch.zeros(batch, 0, self.head_dim, device=device)}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -760,6 +813,13 @@ class HcHead(nn.Module):
     """Final stream collapse: `pre`-weighted sum of the streams (no post/comb)."""
 
     @staticmethod
+    def add_parameters(owner: nn.Module, n: int, hidden: int) -> None:
+        """`owner.hc_head_{fn,base,scale}`: the model's own, and each MTP block's / last DSpark stage's."""
+        owner.hc_head_fn = nn.Parameter(torch.zeros(n, n * hidden))
+        owner.hc_head_base = nn.Parameter(torch.zeros(n))
+        owner.hc_head_scale = nn.Parameter(torch.ones(1))
+
+    @staticmethod
     def collapse(streams, fn, base, scale, norm_eps: float, hc_eps: float) -> torch.Tensor:
         mix = hc_mix(streams, fn.float(), norm_eps)
         pre = torch.sigmoid(mix * scale.float() + base.float()) + hc_eps
@@ -778,9 +838,46 @@ class MTPBlock(Block):
         self.enorm = RMSNorm(hd, config.rms_norm_eps)
         self.hnorm = RMSNorm(hd, config.rms_norm_eps)
         self.norm = RMSNorm(hd, config.rms_norm_eps)
-        self.hc_head_fn = nn.Parameter(torch.zeros(n, n * hd))
-        self.hc_head_base = nn.Parameter(torch.zeros(n))
-        self.hc_head_scale = nn.Parameter(torch.ones(1))
+        HcHead.add_parameters(self, n, hd)
+
+
+class MarkovHead(nn.Module):
+    """DSpark's bigram correction: draft k's logits get `markov_w2(markov_w1[x_{k-1}])`, where x_{k-1} is
+    the token before it (the bonus token for k = 1, else the previous draft)."""
+
+    def __init__(self, vocab_size: int, rank: int) -> None:
+        super().__init__()
+        self.markov_w1 = nn.Embedding(vocab_size, rank)
+        self.markov_w2 = linear(rank, vocab_size)
+
+
+class ConfidenceHead(nn.Module):
+    """DSpark's acceptance estimate of draft k: `sigmoid(proj([h_k; markov_w1[x_{k-1}]]))`, h_k the last
+    stage's collapsed streams before `norm`. It bounds how many drafts are verified, never which."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = linear(width, 1)
+
+
+class DSparkStage(Block):
+    """One stage `mtp.J` of the DSpark block drafter (`-DSpark`/`-0731` releases): a sliding-window block
+    whose attention is `DSparkAttention`, routed by score (no hashing). Stage 0 also holds `main_proj`
+    (tapped target hidden states `[.., n_targets*hidden]` -> hidden) and `main_norm`; the last stage holds
+    `norm`, its own `hc_head_*`, the `markov_head` and the `confidence_head` (one stage can be both)."""
+
+    def __init__(self, config: DeepseekV4Config, ratio: int, first: bool, last: bool) -> None:
+        super().__init__(config, ratio, hashed=False)
+        hd, n, rank = config.hidden_size, config.hc_mult, config.dspark_markov_rank
+        self.attn = DSparkAttention(config)
+        if first:
+            self.main_proj = linear(len(config.dspark_target_layer_ids) * hd, hd)
+            self.main_norm = RMSNorm(hd, config.rms_norm_eps)
+        if last:
+            self.norm = RMSNorm(hd, config.rms_norm_eps)
+            HcHead.add_parameters(self, n, hd)
+            self.markov_head = MarkovHead(config.vocab_size, rank)
+            self.confidence_head = ConfidenceHead(hd + rank)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -791,7 +888,8 @@ class DeepseekV4Cache:
 
     Names: `length` (tokens seen per row, int64 `[B]`), `mtp_length`, and per layer `layers.{i}.window`,
     `...entries`, `...pending_kv`, `...pending_gate`, `...prev_kv`, `...prev_gate`, `...index_keys`,
-    `...index_pending_kv`, ... (and `mtp.{j}.*`). Growing axes (axis 1) start empty; the window stops
+    `...index_pending_kv`, ... (and `mtp.{j}.*`: an MTP block's window state, or a DSpark stage's
+    `context` ring; `mtp_length` counts the positions the drafter has absorbed). Growing axes (axis 1) start empty; the window stops
     growing at W-1 rows, entries grow as L/4 and L/128, pending rows stay below the ratio.
     """
 
@@ -825,12 +923,25 @@ class DeepseekV4Cache:
 @dataclass
 class DeepseekV4Output(ModelOutput):
     """`logits` (CausalLM only), the final `hidden_states` (after hc_head and norm), the final mHC
-    `streams` `[B, S, hc_mult, hidden]` (input of the MTP block) and the updated cache."""
+    `streams` `[B, S, hc_mult, hidden]` (input of the MTP block), with a DSpark drafter `dspark_hidden`
+    `[B, S, n_targets*hidden]` (the streams after each `dspark_target_layer_ids` layer, averaged over the
+    hc_mult streams and concatenated: the DSpark drafter's input), and the updated cache."""
 
     logits: torch.FloatTensor | None = None
     past_key_values: DeepseekV4Cache | None = None
     hidden_states: torch.FloatTensor | None = None
     streams: torch.FloatTensor | None = None
+    dspark_hidden: torch.FloatTensor | None = None
+
+
+@dataclass
+class DSparkDraft(ModelOutput):
+    """One drafted block: greedy `tokens` `[B, K]` (x_1..x_K after the bonus token), their `logits`
+    `[B, K, vocab]` (Markov bias included) and `confidence` `[B, K]`."""
+
+    tokens: torch.LongTensor | None = None
+    logits: torch.FloatTensor | None = None
+    confidence: torch.FloatTensor | None = None
 
 
 class DeepseekV4PreTrainedModel(PreTrainedModel):
@@ -838,7 +949,7 @@ class DeepseekV4PreTrainedModel(PreTrainedModel):
     config: DeepseekV4Config
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _no_split_modules = ["Block", "MTPBlock"]
+    _no_split_modules = ["Block", "MTPBlock", "DSparkStage"]
     _supports_cache_class = False
     _is_stateful = True
 
@@ -914,10 +1025,12 @@ class DeepseekV4Model(DeepseekV4PreTrainedModel):
             Block(config, ratio, hashed=i < config.num_hash_layers) for i, ratio in enumerate(config.layer_ratios)
         )
         self.norm = RMSNorm(hd, config.rms_norm_eps)
-        self.hc_head_fn = nn.Parameter(torch.zeros(n, n * hd))
-        self.hc_head_base = nn.Parameter(torch.zeros(n))
-        self.hc_head_scale = nn.Parameter(torch.ones(1))
-        self.mtp = nn.ModuleList(MTPBlock(config, ratio) for ratio in config.mtp_ratios)
+        HcHead.add_parameters(self, n, hd)
+        ratios = config.mtp_ratios
+        if config.drafter == DSPARK:
+            self.mtp = nn.ModuleList(DSparkStage(config, r, j == 0, j == len(ratios) - 1) for j, r in enumerate(ratios))
+        else:
+            self.mtp = nn.ModuleList(MTPBlock(config, ratio) for ratio in ratios)
         rope_dim = config.qk_rope_head_dim
         self.rope_main = Rope(rope_dim, config.rope_theta, None)
         self.rope_compress = Rope(rope_dim, config.compress_rope_theta, config.yarn_scaling)
@@ -1013,10 +1126,14 @@ class DeepseekV4Model(DeepseekV4PreTrainedModel):
     ) -> DeepseekV4Output:
         cache = past_key_values if past_key_values is not None else self.empty_cache(input_ids.shape[0], input_ids.device)
         positions = self.positions_for(input_ids, cache, attention_mask, position_ids)
-        streams = self.trunk(input_ids, positions, cache)
+        layer_streams = [] if self.config.drafter == DSPARK else None
+        streams = self.trunk(input_ids, positions, cache, layer_streams)
         cache.tensors["length"] = cache.tensors["length"] + input_ids.shape[1]
         hidden = self.head_hidden(streams, self, self.norm)
-        return DeepseekV4Output(past_key_values=cache, hidden_states=hidden, streams=streams)
+        taps = None
+        if layer_streams is not None:
+            taps = torch.cat([layer_streams[i].float().mean(2) for i in self.config.dspark_target_layer_ids], -1)
+        return DeepseekV4Output(past_key_values=cache, hidden_states=hidden, streams=streams, dspark_hidden=taps)
 
 
 class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
@@ -1065,6 +1182,8 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
         `cache` carries the MTP block's own window state (`mtp.J.*`, position counter `mtp_length`); feed
         consecutive chunks as for the main model. Returns FP32 logits `[B, S, vocab]`.
         """
+        if self.config.drafter != MTP:
+            raise ValueError(f"mtp_logits: this model's drafter is {self.config.drafter!r}, not the MTP block")
         block = self.mtp[depth]
         positions = self.positions_for(next_input_ids, cache, None, None, "mtp_length")
         e = block.enorm(self.embed(next_input_ids))
@@ -1072,6 +1191,48 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
         x = block(x, positions, next_input_ids, self.rope_for(block.ratio), cache.tensors, f"mtp.{depth}.")
         cache.tensors["mtp_length"] = cache.tensors["mtp_length"] + next_input_ids.shape[1]
         return self.head(self.head_hidden(x, block, block.norm)).float()
+
+    def dspark_draft(self, dspark_hidden: torch.Tensor, bonus_ids: torch.LongTensor,
+                     cache: DeepseekV4Cache) -> DSparkDraft:
+        """Draft one DSpark block (greedy).
+
+        `dspark_hidden` `[B, n, n_targets*hidden]`: the target's taps (`forward(...).dspark_hidden`) of the
+        n positions committed since the last call (the whole prompt on the first); they become
+        `main_x = main_norm(main_proj(.))` and enter every stage's context ring, so the drafter's state only
+        ever holds committed positions and never needs rolling back. `bonus_ids` `[B, 1]`: the target's token
+        after the last committed position p. The block `[bonus, noise x (K-1)]` sits at positions p+1..p+K
+        and runs through the stages (plain RoPE, no YaRN); `hc_head` -> `norm` -> the shared head give base
+        logits U_k, then left to right `logits_k = U_k + markov(x_{k-1})` and x_k = argmax (x_0 = bonus).
+        """
+        c = self.config
+        if c.drafter != DSPARK:
+            raise ValueError(f"dspark_draft: this model's drafter is {c.drafter!r}, not DSpark")
+        first, last = self.mtp[0], self.mtp[-1]
+        n, k = dspark_hidden.shape[1], c.dspark_block_size
+        state = cache.tensors
+        positions = state["mtp_length"].unsqueeze(1) + torch.arange(n, device=bonus_ids.device)
+        main_x = first.main_norm(first.main_proj(dspark_hidden))
+        rope = self.rope_for(SLIDING)
+        for j, stage in enumerate(self.mtp):
+            stage.attn.absorb(main_x, positions, rope, state, f"mtp.{j}.")
+        state["mtp_length"] = state["mtp_length"] + n
+        block_positions = state["mtp_length"].unsqueeze(1) + torch.arange(k, device=bonus_ids.device)
+        ids = torch.cat((bonus_ids, bonus_ids.new_full((bonus_ids.shape[0], k - 1), c.dspark_noise_token_id)), 1)
+        x = self.embed(ids).unsqueeze(2).expand(-1, -1, c.hc_mult, -1).contiguous()
+        for j, stage in enumerate(self.mtp):
+            x = stage(x, block_positions, ids, rope, state, f"mtp.{j}.")
+        h = HcHead.collapse(x, last.hc_head_fn, last.hc_head_base, last.hc_head_scale, c.rms_norm_eps, c.hc_eps)
+        base = self.head(last.norm(h)).float()
+        previous, logits, tokens, markov = bonus_ids[:, 0], [], [], []
+        for i in range(k):
+            e = last.markov_head.markov_w1(previous)
+            logits.append(base[:, i] + last.markov_head.markov_w2(e).float())
+            previous = logits[-1].argmax(-1)
+            tokens.append(previous)
+            markov.append(e)
+        features = torch.cat((h.float(), torch.stack(markov, 1).float()), -1)
+        confidence = torch.sigmoid(last.confidence_head.proj(features).float()).squeeze(-1)
+        return DSparkDraft(tokens=torch.stack(tokens, 1), logits=torch.stack(logits, 1), confidence=confidence)
 
     def prepare_inputs_for_generation(
         self,
@@ -1092,6 +1253,7 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
 
 
 __all__ = [
+    "DSparkDraft",
     "DeepseekV4PreTrainedModel",
     "DeepseekV4Model",
     "DeepseekV4ForCausalLM",
