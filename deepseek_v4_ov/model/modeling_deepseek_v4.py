@@ -1192,47 +1192,60 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
         cache.tensors["mtp_length"] = cache.tensors["mtp_length"] + next_input_ids.shape[1]
         return self.head(self.head_hidden(x, block, block.norm)).float()
 
-    def dspark_draft(self, dspark_hidden: torch.Tensor, bonus_ids: torch.LongTensor,
-                     cache: DeepseekV4Cache) -> DSparkDraft:
-        """Draft one DSpark block (greedy).
-
-        `dspark_hidden` `[B, n, n_targets*hidden]`: the target's taps (`forward(...).dspark_hidden`) of the
-        n positions committed since the last call (the whole prompt on the first); they become
-        `main_x = main_norm(main_proj(.))` and enter every stage's context ring, so the drafter's state only
-        ever holds committed positions and never needs rolling back. `bonus_ids` `[B, 1]`: the target's token
-        after the last committed position p. The block `[bonus, noise x (K-1)]` sits at positions p+1..p+K
-        and runs through the stages (plain RoPE, no YaRN); `hc_head` -> `norm` -> the shared head give base
-        logits U_k, then left to right `logits_k = U_k + markov(x_{k-1})` and x_k = argmax (x_0 = bonus).
-        """
-        c = self.config
-        if c.drafter != DSPARK:
-            raise ValueError(f"dspark_draft: this model's drafter is {c.drafter!r}, not DSpark")
-        first, last = self.mtp[0], self.mtp[-1]
-        n, k = dspark_hidden.shape[1], c.dspark_block_size
-        state = cache.tensors
-        positions = state["mtp_length"].unsqueeze(1) + torch.arange(n, device=bonus_ids.device)
+    def dspark_absorb(self, dspark_hidden: torch.Tensor, cache: DeepseekV4Cache) -> None:
+        """Feed the DSpark drafter the target's taps `[B, n, n_targets*hidden]` (`forward(...).dspark_hidden`)
+        of the n positions committed since the last call: `main_x = main_norm(main_proj(.))` enters every
+        stage's context ring at positions `mtp_length ...`, which then advances by n. The drafter's state
+        only ever holds committed positions, so it never needs rolling back."""
+        state, first = cache.tensors, self.mtp[0]
+        positions = state["mtp_length"].unsqueeze(1) + torch.arange(dspark_hidden.shape[1], device=dspark_hidden.device)
         main_x = first.main_norm(first.main_proj(dspark_hidden))
-        rope = self.rope_for(SLIDING)
         for j, stage in enumerate(self.mtp):
-            stage.attn.absorb(main_x, positions, rope, state, f"mtp.{j}.")
-        state["mtp_length"] = state["mtp_length"] + n
-        block_positions = state["mtp_length"].unsqueeze(1) + torch.arange(k, device=bonus_ids.device)
+            stage.attn.absorb(main_x, positions, self.rope_for(SLIDING), state, f"mtp.{j}.")
+        state["mtp_length"] = state["mtp_length"] + dspark_hidden.shape[1]
+
+    def dspark_block(self, bonus_ids: torch.LongTensor, cache: DeepseekV4Cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the block `[bonus, noise x (K-1)]` at positions p+1..p+K (p = the last absorbed position)
+        through the stages (plain RoPE, no YaRN); return the last stage's collapsed streams before `norm`
+        `h` `[B, K, hidden]` and the base logits `U = head(norm(h))` `[B, K, vocab]` (FP32)."""
+        c, state, last = self.config, cache.tensors, self.mtp[-1]
+        k = c.dspark_block_size
+        positions = state["mtp_length"].unsqueeze(1) + torch.arange(k, device=bonus_ids.device)
         ids = torch.cat((bonus_ids, bonus_ids.new_full((bonus_ids.shape[0], k - 1), c.dspark_noise_token_id)), 1)
         x = self.embed(ids).unsqueeze(2).expand(-1, -1, c.hc_mult, -1).contiguous()
         for j, stage in enumerate(self.mtp):
-            x = stage(x, block_positions, ids, rope, state, f"mtp.{j}.")
+            x = stage(x, positions, ids, self.rope_for(SLIDING), state, f"mtp.{j}.")
         h = HcHead.collapse(x, last.hc_head_fn, last.hc_head_base, last.hc_head_scale, c.rms_norm_eps, c.hc_eps)
-        base = self.head(last.norm(h)).float()
-        previous, logits, tokens, markov = bonus_ids[:, 0], [], [], []
-        for i in range(k):
-            e = last.markov_head.markov_w1(previous)
-            logits.append(base[:, i] + last.markov_head.markov_w2(e).float())
-            previous = logits[-1].argmax(-1)
+        return h, self.head(last.norm(h)).float()
+
+    def dspark_heads(self, h: torch.Tensor, base: torch.Tensor, previous: torch.LongTensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with the Markov bias, `U_k + markov_w2(markov_w1[previous_k])`, and the confidences
+        `sigmoid(proj([h_k; markov_w1[previous_k]]))`, for given previous tokens `[B, K]` (drafting feeds
+        them one at a time; training feeds the true ones)."""
+        heads = self.mtp[-1]
+        e = heads.markov_head.markov_w1(previous)
+        logits = base + heads.markov_head.markov_w2(e).float()
+        confidence = torch.sigmoid(heads.confidence_head.proj(torch.cat((h.float(), e.float()), -1)).float())
+        return logits, confidence.squeeze(-1)
+
+    def dspark_draft(self, dspark_hidden: torch.Tensor, bonus_ids: torch.LongTensor,
+                     cache: DeepseekV4Cache) -> DSparkDraft:
+        """Absorb the newly committed positions' taps (`dspark_absorb`), then draft one block greedily:
+        `dspark_block`, then left to right x_k = argmax of draft k's logits with the Markov bias of x_{k-1}
+        (x_0 = `bonus_ids` `[B, 1]`, the target's token after the last committed position)."""
+        if self.config.drafter != DSPARK:
+            raise ValueError(f"dspark_draft: this model's drafter is {self.config.drafter!r}, not DSpark")
+        self.dspark_absorb(dspark_hidden, cache)
+        h, base = self.dspark_block(bonus_ids, cache)
+        previous, logits, tokens, confidence = bonus_ids, [], [], []
+        for i in range(self.config.dspark_block_size):
+            step_logits, step_confidence = self.dspark_heads(h[:, i : i + 1], base[:, i : i + 1], previous)
+            previous = step_logits.argmax(-1)
+            logits.append(step_logits)
             tokens.append(previous)
-            markov.append(e)
-        features = torch.cat((h.float(), torch.stack(markov, 1).float()), -1)
-        confidence = torch.sigmoid(last.confidence_head.proj(features).float()).squeeze(-1)
-        return DSparkDraft(tokens=torch.stack(tokens, 1), logits=torch.stack(logits, 1), confidence=confidence)
+            confidence.append(step_confidence)
+        return DSparkDraft(tokens=torch.cat(tokens, 1), logits=torch.cat(logits, 1), confidence=torch.cat(confidence, 1))
 
     def prepare_inputs_for_generation(
         self,
