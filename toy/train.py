@@ -353,13 +353,35 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("ship")
     c.add_argument("run", type=Path)
     c.add_argument("dest", type=Path)
+    d = sub.add_parser("drafters", help="train trained-full's MTP block and a DSpark drafter (toy/drafters.py)")
+    d.add_argument("data", type=Path)
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--steps", type=int, default=400)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--anchors", type=int, default=48, help="DSpark blocks per training sequence")
+    d.add_argument("--lr", type=float, default=2e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    d.add_argument("--qat-fraction", type=float, default=0.2)
+    d.add_argument("--log-every", type=int, default=50)
+    e = sub.add_parser("ship-drafters", help="copy a `drafters` run into toy/trained")
+    e.add_argument("run", type=Path)
     args = p.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 training: the toys' reference is FP32
     if args.cmd == "prepare":
         prepare(args.data)
     elif args.cmd == "train":
-        torch.backends.cuda.matmul.allow_tf32 = False  # FP32 training: the toys' reference is FP32
         train(args.data, args.preset, args.out, args.steps, args.batch, args.lr, args.seed, args.device,
               args.qat_fraction, args.log_every, args.max_seconds)
+    elif args.cmd == "drafters":
+        from toy.drafters import train_drafters
+
+        train_drafters(args.data, args.out, args.steps, args.batch, args.anchors, args.lr, args.seed, args.device,
+                       args.qat_fraction, args.log_every)
+    elif args.cmd == "ship-drafters":
+        from toy.drafters import ship_drafters
+
+        ship_drafters(args.run)
     else:
         ship(args.run, args.dest)
 

@@ -19,32 +19,59 @@ HERE = Path(__file__).resolve().parent
 TOKENIZER_JSON = HERE / "tokenizer" / "tokenizer.json"
 HELDOUT_TXT = HERE / "heldout.txt"
 FOLDERS = {"trained": HERE / "trained", "trained-full": HERE / "trained-full"}
+DRAFTER_FOLDERS = {("trained-full", "dspark"): HERE / "trained-full-dspark"}
+"""Drafters trained on a trained preset's frozen target besides its own (`toy/drafters.py`): their `mtp.*`
+tensors only."""
 
 
-def stored_tensors(name: str) -> dict[str, torch.Tensor]:
-    """The shipped release-layout tensors of trained preset `name` (quantised weights and their scales)."""
+def load_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    if name not in FOLDERS:
-        raise ValueError(f"unknown trained preset {name!r}; choose one of {sorted(FOLDERS)}")
-    shards = sorted(FOLDERS[name].glob("*.safetensors"))
+    shards = sorted(folder.glob("*.safetensors"))
     if not shards:
-        raise FileNotFoundError(f"no weights for trained preset {name!r} in {FOLDERS[name]}")
+        raise FileNotFoundError(f"no weights for {what} in {folder}")
     out: dict[str, torch.Tensor] = {}
     for shard in shards:
         out.update(load_file(str(shard)))
     return out
 
 
-def build_model(name: str):
+def stored_tensors(name: str, drafter: str | None = None) -> dict[str, torch.Tensor]:
+    """The shipped release-layout tensors of trained preset `name` (quantised weights and their scales), with
+    its own drafter (`drafter` None), another shipped one ("dspark" for trained-full) or none ("none")."""
+    if name not in FOLDERS:
+        raise ValueError(f"unknown trained preset {name!r}; choose one of {sorted(FOLDERS)}")
+    out = load_folder(FOLDERS[name], f"trained preset {name!r}")
+    if drafter is None:
+        return out
+    target = {k: v for k, v in out.items() if not k.startswith("mtp.")}
+    if drafter == "none":
+        return target
+    if (name, drafter) not in DRAFTER_FOLDERS:
+        shipped = [d for n, d in DRAFTER_FOLDERS if n == name]
+        raise ValueError(f"--drafter {drafter}: trained preset {name!r} ships its own drafter"
+                         + (f" and {', '.join(shipped)}" if shipped else "") + ", or none")
+    return {**target, **load_folder(DRAFTER_FOLDERS[name, drafter], f"the {drafter} drafter of {name!r}")}
+
+
+def trained_config(name: str, drafter: str | None = None):
+    """The config of trained preset `name` with the drafter of `stored_tensors(name, drafter)`."""
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, DeepseekV4Config
+    from toy.presets import PRESETS, with_dspark
+
+    if drafter == DSPARK:
+        return DeepseekV4Config(**with_dspark(PRESETS[name]))
+    config = DeepseekV4Config(**PRESETS[name])
+    return config.without_drafter() if drafter == "none" else config
+
+
+def build_model(name: str, drafter: str | None = None):
     """The trained toy as an FP32 `DeepseekV4ForCausalLM` holding exactly the stored (dequantised) values."""
-    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
     from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
     from deepseek_v4_ov.checkpoint.release import decode_release
-    from toy.presets import PRESETS
 
-    stored = stored_tensors(name)
-    model = DeepseekV4ForCausalLM(DeepseekV4Config(**PRESETS[name])).eval()
+    stored = stored_tensors(name, drafter)
+    model = DeepseekV4ForCausalLM(trained_config(name, drafter)).eval()
     state = {k: decode_release(k, stored) for k in stored if not k.endswith(".scale")}
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
@@ -68,16 +95,17 @@ def write_tokenizer(folder: Path, model_max_length: int) -> None:
 
 
 def write_trained_toy(output: Path, name: str, fmt: str = "fp8", overwrite: bool = False,
-                      max_shard_bytes: int = 2 << 20):
-    """Write trained preset `name` to `output` (atomic). `fp8` copies the release-layout tensors as shipped;
-    `fp32`/`bf16` write their exact dequantised values (FP8/FP4 times E8M0 scales are exact in BF16 too,
-    so all three formats hold the same model). Returns the in-memory FP32 model."""
+                      max_shard_bytes: int = 2 << 20, drafter: str | None = None):
+    """Write trained preset `name` to `output` (atomic), with the drafter `drafter` (see `stored_tensors`).
+    `fp8` copies the release-layout tensors as shipped; `fp32`/`bf16` write their exact dequantised values
+    (FP8/FP4 times E8M0 scales are exact in BF16 too, so all three formats hold the same model). Returns the
+    in-memory FP32 model."""
     from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
     from deepseek_v4_ov.checkpoint.toy import FORMATS, copy_bundled_code, official_config_dict, official_dtype
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
-    model, stored = build_model(name)
+    model, stored = build_model(name, drafter)
     if fmt != "fp8":
         stored = {k: t.to(official_dtype(k, t, fmt)) for k, t in model.state_dict().items()}
     with atomic_output_dir(Path(output), overwrite) as folder:
