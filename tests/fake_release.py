@@ -25,7 +25,7 @@ from deepseek_v4_ov.checkpoint.release import expected_tensors  # noqa: E402
 from deepseek_v4_ov.checkpoint.toy import official_config_dict  # noqa: E402
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config, flash_compress_ratios  # noqa: E402
 
-DSPARK_KEYS = {"dspark_block_size": 5, "dspark_noise_token_id": 128799, "dspark_target_layer_ids": [40, 41, 42],
+RELEASE_DSPARK = {"dspark_block_size": 5, "dspark_noise_token_id": 128799, "dspark_target_layer_ids": [40, 41, 42],
                "dspark_markov_rank": 256}
 """The DSpark releases' config.json keys (V4_ARCHITECTURE.md section 9)."""
 
@@ -37,7 +37,7 @@ def release_config(release: str) -> DeepseekV4Config:
     if release == "base":
         return DeepseekV4Config()
     if release in ("dspark", "0731"):
-        return DeepseekV4Config(compress_ratios=flash_compress_ratios(43, 0) + [0, 0, 0], **DSPARK_KEYS)
+        return DeepseekV4Config(compress_ratios=flash_compress_ratios(43, 0) + [0, 0, 0], **RELEASE_DSPARK)
     raise ValueError(f"--release {release!r}: choose base, dspark or 0731")
 
 

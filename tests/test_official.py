@@ -119,9 +119,11 @@ def test_dry_run_counts_match_the_release(tmp_path):
     assert (report.tensors, report.scaled_weights, report.mtp_tensors) == (69_187, 34_167, 1_575)
     assert report.total_bytes == 159_609_485_896 == report.index_total_size
     assert report.shards == 46
+    assert report.drafter.describe() == "MTP-1 (base release), tensors per block mtp.0: 1,575"
     assert report.projected["native"] == report.total_bytes - report.mtp_bytes  # the IR has no MTP block
     table = report.format_table()
     assert "69,187" in table and "routed experts" in table and "int4" in table
+    assert "drafter: MTP-1 (base release)" in table and "drafter 1,575 tensors" in table
 
 
 def test_dry_run_projects_size_peak_and_runtime(tmp_path, capsys):
