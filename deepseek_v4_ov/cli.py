@@ -73,10 +73,11 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
     p.add_argument("output", type=Path, nargs="?", help="OUTPUT folder for the OpenVINO model")
     p.add_argument("--dry-run", action="store_true", help="check SRC's whole index (names, dtypes, shapes, scales) "
-                                                          "and print the mapping and, per format and for this "
-                                                          "export, the projected IR size, conversion peak and "
-                                                          "runtime memory, reading no weights (with OUTPUT: also "
-                                                          "whether it fits there)")
+                                                          "and print the mapping, the drafter (none, MTP-n or "
+                                                          "DSpark) and its size apart from the target's and, per "
+                                                          "format and for this export, the projected IR size, "
+                                                          "conversion peak and runtime memory, reading no weights "
+                                                          "(with OUTPUT: also whether it fits there)")
     p.add_argument("--weight-format", default=AUTO,
                    help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's FP4/FP8 codes kept as "
                         f"f4e2m1/f8e4m3 + f8e8m0) or auto (default: {RELEASE_DEFAULT_FORMAT} for a release-layout "

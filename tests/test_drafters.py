@@ -19,7 +19,6 @@ from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, CheckpointError
 from deepseek_v4_ov.checkpoint.release import Checkpoint, load_model, load_state_dict, logical_tensors
 from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP, DeepseekV4Config
-from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from fake_release import release_config, write_release, write_sparse_release
 from toy.presets import PRESETS
 

@@ -44,7 +44,7 @@ class IndexDrafter:
         if not self.stage_tensors:
             return "no mtp.* tensor"
         numbers = sorted(self.stage_tensors)
-        names = (f"mtp.0..mtp.{numbers[-1]}" if numbers == list(range(len(numbers)))
+        names = (f"mtp.0..mtp.{numbers[-1]}" if len(numbers) > 1 and numbers == list(range(len(numbers)))
                  else ", ".join(f"mtp.{n}" for n in numbers))
         kind = (f"{ARTICLED[self.kind]} drafter (e.g. {self.evidence!r})" if self.kind in ARTICLED
                 else f"a drafter of neither kind (no {', '.join(MARKERS[DSPARK] + MARKERS[MTP])})")

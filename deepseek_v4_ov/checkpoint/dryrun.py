@@ -195,8 +195,9 @@ class DryRunReport:
             "  by dtype: " + ", ".join(f"{d} {b:,}" for d, b in sorted(self.bytes_by_dtype.items())),
             f"  drafter: {self.drafter.describe()}",
             f"  target {self.tensors - self.mtp_tensors:,} tensors, {self.total_bytes - self.mtp_bytes:,} bytes "
-            f"({size_text(self.total_bytes - self.mtp_bytes)}); drafter {self.mtp_tensors:,} tensors, "
-            f"{self.mtp_bytes:,} bytes ({size_text(self.mtp_bytes)})",
+            f"({size_text(self.total_bytes - self.mtp_bytes)})"
+            + (f"; drafter {self.mtp_tensors:,} tensors, {self.mtp_bytes:,} bytes ({size_text(self.mtp_bytes)})"
+               if self.mtp_tensors else ""),
             "  mapping (official name = port parameter name):",
         ]
         lines += [f"    {g:<38} {c:>7,} tensors {size_text(b):>12}" for g, (c, b) in self.groups.items() if c]
