@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from deepseek_v4_ov.checkpoint.toy import FORMATS
+from deepseek_v4_ov.checkpoint.toy import DRAFTERS, FORMATS
 
 
 def add_toy(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,11 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                    help="override one config.json field of the preset (repeatable; the value is JSON when it "
                         "parses, e.g. --set n_routed_experts=256 --set 'compress_ratios=[4]', else a string)")
+    p.add_argument("--drafter", choices=DRAFTERS, default=None,
+                   help="the drafter layout under mtp.* (default: the preset's own): mtp (the base release's MTP "
+                        "block), dspark (the -DSpark/-0731 releases' block drafter: 3 stages, block size 5, noise "
+                        "token vocab_size-1, target layers the last 3 decoder layers, Markov rank 16) or none; "
+                        "applied after --set")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
     p.set_defaults(run=run_toy)
 
@@ -30,6 +35,7 @@ def run_toy(args: argparse.Namespace) -> None:
     from toy.presets import PRESETS, TRAINED_PRESETS
 
     from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
     start = time.perf_counter()
     if args.preset in TRAINED_PRESETS:  # every check before the first line of output
@@ -37,9 +43,13 @@ def run_toy(args: argparse.Namespace) -> None:
             raise ValueError(f"--seed {args.seed}: the trained presets ship one set of weights (trained with seed 0)")
         if args.sets:
             raise ValueError("--set: the trained presets ship one geometry (their weights are trained for it)")
+        own = DeepseekV4Config(**PRESETS[args.preset]).drafter or "none"
+        if args.drafter not in (None, own):
+            raise ValueError(f"--drafter {args.drafter}: the trained preset '{args.preset}' ships its own drafter "
+                             f"({own}) with trained weights")
     else:
-        geometry = toy_config(PRESETS[args.preset], args.sets)
-    sets = "".join(f" {item}" for item in args.sets)
+        geometry = toy_config(PRESETS[args.preset], args.sets, args.drafter)
+    sets = "".join(f" {item}" for item in args.sets) + (f" --drafter {args.drafter}" if args.drafter else "")
     print(f"writing toy '{args.preset}'{sets} (seed {args.seed}, {args.format}) to {args.output}")
     if args.preset in TRAINED_PRESETS:
         from toy.trained import write_trained_toy
@@ -63,10 +73,11 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", type=Path, required=True, help="SRC: a folder in the official V4 layout")
     p.add_argument("output", type=Path, nargs="?", help="OUTPUT folder for the OpenVINO model")
     p.add_argument("--dry-run", action="store_true", help="check SRC's whole index (names, dtypes, shapes, scales) "
-                                                          "and print the mapping and, per format and for this "
-                                                          "export, the projected IR size, conversion peak and "
-                                                          "runtime memory, reading no weights (with OUTPUT: also "
-                                                          "whether it fits there)")
+                                                          "and print the mapping, the drafter (none, MTP-n or "
+                                                          "DSpark) and its size apart from the target's and, per "
+                                                          "format and for this export, the projected IR size, "
+                                                          "conversion peak and runtime memory, reading no weights "
+                                                          "(with OUTPUT: also whether it fits there)")
     p.add_argument("--weight-format", default=AUTO,
                    help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's FP4/FP8 codes kept as "
                         f"f4e2m1/f8e4m3 + f8e8m0) or auto (default: {RELEASE_DEFAULT_FORMAT} for a release-layout "

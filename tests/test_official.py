@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from deepseek_v4_ov import cli
 from deepseek_v4_ov.checkpoint.dryrun import RUNTIME_CONTEXT, decode_state_bytes, dry_run, project
-from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME, CheckpointError, CheckpointReader, read_config
+from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, CheckpointError, CheckpointReader, read_config
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from deepseek_v4_ov.checkpoint.release import (
@@ -23,8 +23,9 @@ from deepseek_v4_ov.checkpoint.release import (
     load_state_dict,
     logical_tensors,
 )
-from deepseek_v4_ov.checkpoint.toy import official_config_dict, write_toy
+from deepseek_v4_ov.checkpoint.toy import write_toy
 from deepseek_v4_ov.compress.policy import CompressionOptions
+from fake_release import write_sparse_release
 from toy.presets import PRESETS
 
 
@@ -112,42 +113,17 @@ def test_streaming_by_prefix_reads_one_layer(fp8_toy):
 # ------------------------------------------------------------------------------------------------------
 # Dry run at the real V4-Flash geometry (sparse header-only shards)
 # ------------------------------------------------------------------------------------------------------
-def write_sparse_release(folder: Path, config: DeepseekV4Config, shards: int = 46) -> None:
-    """Index, config.json and shards whose headers declare the release's tensors; the data region is a
-    hole (the file is truncated to its declared size), so the folder takes almost no disk."""
-    expected = expected_tensors(config, "fp8")
-    sizes = {n: DTYPE_BYTES[d] * int(torch.Size(s).numel()) for n, (d, s) in expected.items()}
-    total, start, groups = sum(sizes.values()), 0, [dict() for _ in range(shards)]
-    for name, size in sizes.items():
-        groups[start * shards // total][name] = size
-        start += size
-    weight_map = {}
-    for i, group in enumerate(groups, 1):
-        filename = f"model-{i:05d}-of-{shards:05d}.safetensors"
-        header, offset = {}, 0
-        for name, size in group.items():
-            dtype, shape = expected[name]
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-            offset += size
-            weight_map[name] = filename
-        raw = json.dumps(header).encode()
-        raw += b" " * (-len(raw) % 8)
-        with open(folder / filename, "wb") as f:
-            f.write(len(raw).to_bytes(8, "little") + raw)
-            f.truncate(8 + len(raw) + offset)
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps(official_config_dict(config, "fp8")))
-
-
 def test_dry_run_counts_match_the_release(tmp_path):
     write_sparse_release(tmp_path, DeepseekV4Config())
     report = dry_run(tmp_path)
     assert (report.tensors, report.scaled_weights, report.mtp_tensors) == (69_187, 34_167, 1_575)
     assert report.total_bytes == 159_609_485_896 == report.index_total_size
     assert report.shards == 46
+    assert report.drafter.describe() == "MTP-1 (base release), tensors per block mtp.0: 1,575"
     assert report.projected["native"] == report.total_bytes - report.mtp_bytes  # the IR has no MTP block
     table = report.format_table()
     assert "69,187" in table and "routed experts" in table and "int4" in table
+    assert "drafter: MTP-1 (base release)" in table and "drafter 1,575 tensors" in table
 
 
 def test_dry_run_projects_size_peak_and_runtime(tmp_path, capsys):

@@ -12,6 +12,7 @@ from functools import lru_cache
 from math import prod
 from pathlib import Path
 
+from deepseek_v4_ov.checkpoint.drafter import DrafterSummary, drafter_summary
 from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME
 from deepseek_v4_ov.checkpoint.release import (
     GROUPS, Checkpoint, check_folder, group_of, logical_tensors, stored_entries,
@@ -32,7 +33,8 @@ def unit_of(name: str) -> str:
 
 
 def exported(name: str) -> bool:
-    """Whether the IR holds the tensor: the MTP block is not exported (the IR computes the main model)."""
+    """Whether the IR holds the tensor: the drafter (`mtp.*`: MTP block or DSpark stages) is not exported
+    (the IR computes the target model)."""
     return not name.startswith("mtp.")
 
 
@@ -41,18 +43,20 @@ def tensor_bytes(config, weight_format: str,
     """Bytes of one port tensor (name, shape, `group_of(name)`) in an IR of `weight_format`: `native` keeps
     the release encodings (FP4/FP8 + E8M0 scales, the rest as stored); the NNCF formats follow the precision
     policy (`compress.policy.theoretical_bytes`, scales and zero points included) with `compression`'s
-    options (the format's defaults if None), spread over a group's tensors by element count (exact per
-    group, so exact in total)."""
+    options (the format's defaults if None), spread over a group's tensors by element count, the target's
+    and the drafter's separately (exact per group and part, so exact in total)."""
     if weight_format == "native":
         return lambda name, shape, group: sum(prod(s) * DTYPE_BYTES[d]
                                               for d, s in stored_entries(name, shape, "fp8").values())
-    per_group = theoretical_bytes(config, compression or CompressionOptions(weight_format), include_mtp=True)
-    elements: dict[str, int] = {}
+    def part(name: str) -> tuple[str, bool]:
+        return group_of(name), exported(name)
+
+    per_part = theoretical_bytes(config, compression or CompressionOptions(weight_format), include_mtp=True, key=part)
+    elements: dict[tuple[str, bool], int] = {}
     for name, shape in logical_tensors(config).items():
-        group = group_of(name)
-        elements[group] = elements.get(group, 0) + prod(shape)
-    factor = {g: per_group.get(g, 0.0) / n for g, n in elements.items()}
-    return lambda name, shape, group: prod(shape) * factor[group]
+        elements[part(name)] = elements.get(part(name), 0) + prod(shape)
+    factor = {k: per_part.get(k, 0.0) / n for k, n in elements.items()}
+    return lambda name, shape, group: prod(shape) * factor[group, exported(name)]
 
 
 def decode_state_bytes(config, context: int = RUNTIME_CONTEXT) -> int:
@@ -95,13 +99,15 @@ class Projection:
                   token), the runtime's own code, and weights a plugin expands when compiling (f8e4m3 on CPUs
                   without FP8, README "Official checkpoints").
     disk_bytes    free space the export needs beside OUTPUT: the pieces' files and the stitched IR exist
-                  together until the stitch ends, so twice the IR."""
+                  together until the stitch ends, so twice the IR.
+    drafter_bytes the drafter's weights in the same format (reported beside the target's, not exported)."""
 
     weight_format: str
     ir_bytes: int
     peak_bytes: int
     state_bytes: int
     context: int = RUNTIME_CONTEXT
+    drafter_bytes: int = 0  # the drafter's weights (`mtp.*`) in this format; not in the IR, not in the figures above
 
     @property
     def runtime_bytes(self) -> int:
@@ -119,7 +125,7 @@ class Projection:
 
 @lru_cache(maxsize=2)
 def _layout(checkpoint: Checkpoint) -> tuple[dict[str, tuple[int, int]], list[tuple[str, tuple[int, ...], str, str]]]:
-    """The exported units -> (stored bytes, largest tensor in FP32 bytes), and the exported port tensors as
+    """The exported units -> (stored bytes, largest tensor in FP32 bytes), and every port tensor as
     (name, shape, unit, group); read once per checkpoint."""
     stored: dict[str, int] = {}
     for name, h in checkpoint.headers.items():
@@ -128,10 +134,10 @@ def _layout(checkpoint: Checkpoint) -> tuple[dict[str, tuple[int, int]], list[tu
     largest = dict.fromkeys(stored, 0)
     tensors = []
     for name, shape in logical_tensors(checkpoint.config).items():
+        unit = unit_of(name)
         if exported(name):
-            unit = unit_of(name)
             largest[unit] = max(largest[unit], 4 * prod(shape))
-            tensors.append((name, shape, unit, group_of(name)))
+        tensors.append((name, shape, unit, group_of(name)))
     return {u: (stored[u], largest[u]) for u in stored}, tensors
 
 
@@ -143,11 +149,15 @@ def project(checkpoint: Checkpoint, weight_format: str, compression: Compression
     nbytes = tensor_bytes(config, weight_format, compression)
     units, tensors = _layout(checkpoint)
     converted = dict.fromkeys(units, 0.0)
+    drafter = 0.0
     for name, shape, unit, group in tensors:
-        converted[unit] += nbytes(name, shape, group)
+        if exported(name):
+            converted[unit] += nbytes(name, shape, group)
+        else:
+            drafter += nbytes(name, shape, group)
     peak = max(stored + converted[u] + largest for u, (stored, largest) in units.items())
     return Projection(weight_format, round(sum(converted.values())), round(peak), decode_state_bytes(config, context),
-                      context)
+                      context, round(drafter))
 
 
 @dataclass
@@ -162,7 +172,8 @@ class DryRunReport:
     index_total_size: int | None
     groups: dict[str, tuple[int, int]]  # group -> (tensors incl. scales, stored bytes)
     projections: dict[str, Projection] = field(default_factory=dict)  # output format (default options) -> figures
-    mtp_bytes: int = 0  # stored bytes of the MTP block (not exported)
+    mtp_bytes: int = 0  # stored bytes of the drafter (`mtp.*`, not exported)
+    drafter: DrafterSummary = DrafterSummary(None, ())
 
     @property
     def total_bytes(self) -> int:
@@ -182,14 +193,23 @@ class DryRunReport:
             + ("" if self.index_total_size in (None, self.total_bytes)
                else f"; index metadata says {self.index_total_size:,}"),
             "  by dtype: " + ", ".join(f"{d} {b:,}" for d, b in sorted(self.bytes_by_dtype.items())),
+            f"  drafter: {self.drafter.describe()}",
+            f"  target {self.tensors - self.mtp_tensors:,} tensors, {self.total_bytes - self.mtp_bytes:,} bytes "
+            f"({size_text(self.total_bytes - self.mtp_bytes)})"
+            + (f"; drafter {self.mtp_tensors:,} tensors, {self.mtp_bytes:,} bytes ({size_text(self.mtp_bytes)})"
+               if self.mtp_tensors else ""),
             "  mapping (official name = port parameter name):",
         ]
         lines += [f"    {g:<38} {c:>7,} tensors {size_text(b):>12}" for g, (c, b) in self.groups.items() if c]
         context = next(iter(self.projections.values())).context
-        lines.append(f"  projected per --weight-format (default options; MTP not exported): IR weights, conversion "
-                     f"peak (streamed by unit), runtime memory (weights + decode state at {context:,} tokens)")
+        drafter = self.drafter.kind is not None
+        lines.append(f"  projected per --weight-format (default options): target IR weights, conversion peak (streamed "
+                     f"by unit), runtime memory (weights + decode state at {context:,} tokens)"
+                     + ("; the drafter's weights (not exported)" if drafter else ""))
         lines += [f"    {f:<7} IR {size_text(p.ir_bytes):>12}   peak ~{size_text(p.peak_bytes):>12}   runtime "
-                  f"~{size_text(p.runtime_bytes):>12}" for f, p in self.projections.items()]
+                  f"~{size_text(p.runtime_bytes):>12}"
+                  + (f"   drafter {size_text(p.drafter_bytes):>12}" if drafter else "")
+                  for f, p in self.projections.items()]
         return "\n".join(lines)
 
 
@@ -220,4 +240,5 @@ def dry_run(source: Path | str | Checkpoint) -> DryRunReport:
         groups={g: (c, b) for g, (c, b) in groups.items()},
         projections={f: project(checkpoint, f) for f in PROJECTED_FORMATS},
         mtp_bytes=sum(h.nbytes for n, h in headers.items() if not exported(n)),
+        drafter=drafter_summary(checkpoint.config, headers),
     )

@@ -15,6 +15,7 @@ A folder written as BF16 or FP32 (toy formats) has the same names without `.scal
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from deepseek_v4_ov.checkpoint import quant
+from deepseek_v4_ov.checkpoint.drafter import check_drafter
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, CheckpointError, CheckpointReader, read_config
 from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, DSPARK, DeepseekV4Config
 
@@ -224,13 +226,28 @@ def decode_release(name: str, stored: dict[str, torch.Tensor]) -> torch.Tensor:
 class Checkpoint(CheckpointReader):
     """A checkpoint folder validated once, from config.json, the index and the shard headers (each read
     once), and handed to every stage: `config`, storage format `fmt`, the reader's `weight_map`/`headers`,
-    and the port's tensors on demand (`tensor`, `iter_tensors`)."""
+    and the port's tensors on demand (`tensor`, `iter_tensors`).
+
+    Every layout is read: the base release (MTP block `mtp.0`), `-DSpark` and `-0731` (DSpark stages
+    `mtp.0..`), or no drafter; the index's drafter must be the one config.json declares
+    (`checkpoint.drafter.check_drafter`: kind and `mtp.N` count) before the tensors are checked.
+    `without_drafter()` gives the target model alone."""
 
     def __init__(self, folder: Path, config: DeepseekV4Config | None = None) -> None:
         super().__init__(folder)
         self.config = read_config(self.folder) if config is None else config
         self.fmt = storage_format(self.folder)
+        check_drafter(self.config, self.weight_map, self.folder)
         self._validate()
+
+    def without_drafter(self) -> Checkpoint:
+        """This checkpoint as the target model alone: `config.without_drafter()`, and the `mtp.*` tensors
+        dropped from `weight_map`/`headers`, so that nothing reads them (the folder was validated whole)."""
+        target = copy.copy(self)
+        target.config = self.config.without_drafter()
+        target.weight_map = {n: s for n, s in self.weight_map.items() if not n.startswith("mtp.")}
+        target.headers = {n: h for n, h in self.headers.items() if not n.startswith("mtp.")}
+        return target
 
     def _validate(self) -> None:
         """Every expected tensor present with the dtype and shape config.json implies, every quantised
@@ -317,12 +334,15 @@ def load_state_dict(source: Path | str | Checkpoint, config: DeepseekV4Config | 
     return dict(iter_state_dict(source, config))
 
 
-def load_model(source: Path | str | Checkpoint):
+def load_model(source: Path | str | Checkpoint, drafter: bool = True):
     """The port in FP32, eval mode, with the checkpoint's exact weights (every weight held at once: for the
-    PyTorch reference side of checks, not for exporting)."""
+    PyTorch reference side of checks, not for exporting). `drafter=False`: the target model alone
+    (`Checkpoint.without_drafter`: no `mtp.*` module, no `mtp.*` tensor read)."""
     from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 
     checkpoint = source if isinstance(source, Checkpoint) else Checkpoint(Path(source))
+    if not drafter:
+        checkpoint = checkpoint.without_drafter()
     config = checkpoint.config
     # the port holds dequantised FP32 weights: the storage description does not apply to it (and OpenVINO's
     # PyTorch frontend reads `config.quantization_config` as a transformers quantiser object)

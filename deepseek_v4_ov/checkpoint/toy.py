@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
-from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP, SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, decode_release, encode_release, storage_class
 from deepseek_v4_ov.checkpoint.tokenizer import write_toy_tokenizer
@@ -78,10 +78,43 @@ def parse_set(item: str) -> tuple[str, Any]:
         return key.strip(), raw
 
 
-def toy_config(preset: dict[str, Any], sets: Iterable[str] = ()) -> dict[str, Any]:
+DRAFTERS = (MTP, DSPARK, "none")
+"""`--drafter` choices: the layouts a toy can be written in (see `with_drafter`)."""
+DSPARK_TOY = {"dspark_block_size": 5, "dspark_markov_rank": 16}
+"""A DSpark toy's block size (the releases') and Markov rank (the releases' 256, scaled down)."""
+DSPARK_TOY_STAGES, DSPARK_TOY_TARGETS = 3, 3
+DSPARK_KEYS = tuple(k for k in inspect.signature(DeepseekV4Config.__init__).parameters if k.startswith("dspark_"))
+
+
+def with_drafter(fields: dict[str, Any], drafter: str) -> dict[str, Any]:
+    """Config fields turned into one drafter layout, the decoder layers kept: "none" (no `mtp.*`:
+    `num_nextn_predict_layers` 0), "mtp" (the base release: the fields' MTP blocks, at least one, sliding)
+    or "dspark" (the `-DSpark`/`-0731` releases: three sliding stages past the layers, block size 5, noise
+    token `vocab_size - 1` (the toy vocabulary's last merge), target layers the last three decoder layers
+    (all if fewer), Markov rank 16, `num_nextn_predict_layers` 1 as in the releases; dspark_* keys already
+    in `fields` are kept)."""
+    if drafter not in DRAFTERS:
+        raise ValueError(f"--drafter {drafter!r}: choose one of {', '.join(DRAFTERS)}")
+    config = DeepseekV4Config(**fields)
+    layers, n = config.layer_ratios, config.num_hidden_layers
+    out = {k: v for k, v in fields.items() if k not in DSPARK_KEYS}
+    if drafter == "none":
+        return {**out, "num_nextn_predict_layers": 0, "compress_ratios": layers}
+    if drafter == MTP:
+        blocks = config.drafter_blocks if config.drafter == MTP else 1
+        return {**out, "num_nextn_predict_layers": blocks, "compress_ratios": layers + [SLIDING] * blocks}
+    dspark = {**DSPARK_TOY, "dspark_noise_token_id": config.vocab_size - 1,
+              "dspark_target_layer_ids": list(range(max(0, n - DSPARK_TOY_TARGETS), n))}
+    dspark.update({k: fields[k] for k in DSPARK_KEYS if fields.get(k) is not None})
+    return {**out, **dspark, "num_nextn_predict_layers": 1,
+            "compress_ratios": layers + [SLIDING] * DSPARK_TOY_STAGES}
+
+
+def toy_config(preset: dict[str, Any], sets: Iterable[str] = (), drafter: str | None = None) -> dict[str, Any]:
     """A preset's config fields with `--set key=value` overrides applied in order, each key checked against
-    `DeepseekV4Config`'s fields and each value against the field's type, then the whole geometry checked by
-    `DeepseekV4Config` itself (its errors name the inconsistent field). Raises ValueError before any work."""
+    `DeepseekV4Config`'s fields and each value against the field's type, then `--drafter` (`with_drafter`;
+    None keeps the preset's own), then the whole geometry checked by `DeepseekV4Config` itself (its errors
+    name the inconsistent field). Raises ValueError before any work."""
     hints = typing.get_type_hints(DeepseekV4Config.__init__)
     fields = [k for k in inspect.signature(DeepseekV4Config.__init__).parameters if k not in NOT_SETTABLE]
     out = dict(preset)
@@ -97,6 +130,9 @@ def toy_config(preset: dict[str, Any], sets: Iterable[str] = ()) -> dict[str, An
                              f"`{key}` must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
         out[key] = value
     DeepseekV4Config(**out)  # the consistency checks, naming the field
+    if drafter is not None:
+        out = with_drafter(out, drafter)
+        DeepseekV4Config(**out)
     return out
 
 

@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -414,23 +416,24 @@ def _bits_per_element(target: str, opts: CompressionOptions, in_features: int) -
     return r["ratio"] * four + (1 - r["ratio"]) * rest
 
 
-def theoretical_bytes(config, opts: CompressionOptions, include_mtp: bool = False) -> dict[str, float]:
-    """Bytes per tensor group of the weights alone under the policy (what `.bin` would hold with no
-    graph constants): 2-D weights by their target precision, vectors f32, I64 tables 8 bytes."""
+def theoretical_bytes(config, opts: CompressionOptions, include_mtp: bool = False,
+                      key: Callable[[str], Hashable] = group_of) -> dict[Hashable, float]:
+    """Bytes per tensor group (or per `key(name)`) of the weights alone under the policy (what `.bin` would
+    hold with no graph constants): 2-D weights by their target precision, vectors f32, I64 tables 8 bytes."""
     from deepseek_v4_ov.checkpoint.release import logical_tensors
 
-    out: dict[str, float] = {}
+    out: dict[Hashable, float] = {}
     for name, shape in logical_tensors(config).items():
         if name.startswith("mtp.") and not include_mtp:
             continue
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         if storage_class(name) == I64:
             bits = 64.0
         elif len(shape) == 2 and name.endswith(".weight"):
             bits = _bits_per_element(target_of(name, opts), opts, shape[1])
         else:
             bits = 32.0
-        group = group_of(name)
+        group = key(name)
         out[group] = out.get(group, 0.0) + n * bits / 8
     return out
 
