@@ -34,8 +34,9 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
 def run_toy(args: argparse.Namespace) -> None:
     from toy.presets import PRESETS, TRAINED_PRESETS
 
+    from toy.trained import check_drafter
+
     from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
-    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
     start = time.perf_counter()
     if args.preset in TRAINED_PRESETS:  # every check before the first line of output
@@ -43,10 +44,7 @@ def run_toy(args: argparse.Namespace) -> None:
             raise ValueError(f"--seed {args.seed}: the trained presets ship one set of weights (trained with seed 0)")
         if args.sets:
             raise ValueError("--set: the trained presets ship one geometry (their weights are trained for it)")
-        own = DeepseekV4Config(**PRESETS[args.preset]).drafter or "none"
-        if args.drafter not in (None, own):
-            raise ValueError(f"--drafter {args.drafter}: the trained preset '{args.preset}' ships its own drafter "
-                             f"({own}) with trained weights")
+        check_drafter(args.preset, args.drafter)
     else:
         geometry = toy_config(PRESETS[args.preset], args.sets, args.drafter)
     sets = "".join(f" {item}" for item in args.sets) + (f" --drafter {args.drafter}" if args.drafter else "")
@@ -54,7 +52,8 @@ def run_toy(args: argparse.Namespace) -> None:
     if args.preset in TRAINED_PRESETS:
         from toy.trained import write_trained_toy
 
-        model = write_trained_toy(args.output, args.preset, args.format, overwrite=args.overwrite)
+        model = write_trained_toy(args.output, args.preset, args.format, overwrite=args.overwrite,
+                                  drafter=args.drafter)
     else:
         model = write_toy(args.output, geometry, args.seed, args.format, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())

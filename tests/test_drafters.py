@@ -202,7 +202,7 @@ def test_toy_cli_drafter_option(tmp_path, capsys, preset, drafter, stages, names
 def test_toy_drafter_errors_name_the_option(tmp_path, capsys):
     with pytest.raises(ValueError, match="--drafter 'eagle': choose one of mtp, dspark, none"):
         toy_config(PRESETS["seed"], drafter="eagle")
-    assert run_toy(tmp_path / "out", "--preset", "trained-full", "--drafter", "dspark") == 2
+    assert run_toy(tmp_path / "out", "--preset", "trained", "--drafter", "mtp") == 2
     err = capsys.readouterr().err
-    assert "--drafter dspark: the trained preset 'trained-full' ships its own drafter (mtp)" in err
+    assert "--drafter mtp: the trained preset 'trained' has trained weights for the drafters none only" in err
     assert not (tmp_path / "out").exists()

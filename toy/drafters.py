@@ -10,7 +10,7 @@ speculative decoding accepts: a draft is kept when it equals the target's argmax
 
 * MTP-1 (`mtp.0`, shipped weights as the start): for position t, the target's final streams at t and token
   t+1 predict the target's distribution at t+1 (the token after t+1).
-* DSpark (`toy.presets.with_dspark`: three stages, block 5, Markov rank 16; random start, seed `--seed`): for
+* DSpark (`checkpoint.toy.with_drafter`: three stages, block 5, Markov rank 16; random start, seed `--seed`): for
   `--anchors` random positions t per sequence (t >= W-1, so the context ring is full), the ring holds the taps
   of positions t-W+1..t, the block [x_{t+1}, noise x 4] sits at t+1..t+5, draft k is fitted to the target's
   distribution at t+1+k with the Markov bias of the true token x_{t+1+k}; the confidence head is fitted (binary

@@ -124,18 +124,3 @@ PRESETS["trained"] = dict(PRESETS["seed"])
 PRESETS["trained-full"] = dict(PRESETS["full"])
 TRAINED_PRESETS = ("trained", "trained-full")
 
-
-DSPARK_STAGES = 3
-DSPARK_TOY_KEYS = {"dspark_block_size": 5, "dspark_markov_rank": 16}
-"""A toy's DSpark drafter: V4-Flash's block size and stage count, a Markov rank for toy widths."""
-
-
-def with_dspark(preset: dict[str, Any]) -> dict[str, Any]:
-    """`preset` with a DSpark drafter in place of its MTP blocks, shaped like the `-0731` release's: three
-    sliding stages, tapping the last three decoder layers (all, if fewer), the last vocabulary id as the
-    noise token."""
-    layers = preset["num_hidden_layers"]
-    return {**preset, **DSPARK_TOY_KEYS, "num_nextn_predict_layers": 1,
-            "compress_ratios": list(preset["compress_ratios"][:layers]) + [0] * DSPARK_STAGES,
-            "dspark_noise_token_id": preset["vocab_size"] - 1,
-            "dspark_target_layer_ids": list(range(max(0, layers - 3), layers))}

@@ -36,33 +36,47 @@ def load_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def stored_tensors(name: str, drafter: str | None = None) -> dict[str, torch.Tensor]:
-    """The shipped release-layout tensors of trained preset `name` (quantised weights and their scales), with
-    its own drafter (`drafter` None), another shipped one ("dspark" for trained-full) or none ("none")."""
+def own_drafter(name: str) -> str:
+    """The drafter trained preset `name` was trained with ("mtp" or "none")."""
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+    from toy.presets import PRESETS
+
+    return DeepseekV4Config(**PRESETS[name]).drafter or "none"
+
+
+def check_drafter(name: str, drafter: str | None) -> None:
+    """Raise ValueError naming `--drafter` unless trained preset `name` can be written with `drafter`: its
+    own (or None), "none", or one trained on its target (`DRAFTER_FOLDERS`)."""
     if name not in FOLDERS:
         raise ValueError(f"unknown trained preset {name!r}; choose one of {sorted(FOLDERS)}")
+    if drafter in (None, "none", own_drafter(name)) or (name, drafter) in DRAFTER_FOLDERS:
+        return
+    shipped = [own_drafter(name), *(d for n, d in DRAFTER_FOLDERS if n == name), "none"]
+    raise ValueError(f"--drafter {drafter}: the trained preset '{name}' has trained weights for the drafters "
+                     f"{', '.join(dict.fromkeys(shipped))} only")
+
+
+def stored_tensors(name: str, drafter: str | None = None) -> dict[str, torch.Tensor]:
+    """The shipped release-layout tensors of trained preset `name` (quantised weights and their scales), with
+    its own drafter (`drafter` None), another one trained on its target ("dspark" for trained-full) or
+    none ("none")."""
+    check_drafter(name, drafter)
     out = load_folder(FOLDERS[name], f"trained preset {name!r}")
-    if drafter is None:
+    if drafter in (None, own_drafter(name)):
         return out
     target = {k: v for k, v in out.items() if not k.startswith("mtp.")}
     if drafter == "none":
         return target
-    if (name, drafter) not in DRAFTER_FOLDERS:
-        shipped = [d for n, d in DRAFTER_FOLDERS if n == name]
-        raise ValueError(f"--drafter {drafter}: trained preset {name!r} ships its own drafter"
-                         + (f" and {', '.join(shipped)}" if shipped else "") + ", or none")
     return {**target, **load_folder(DRAFTER_FOLDERS[name, drafter], f"the {drafter} drafter of {name!r}")}
 
 
 def trained_config(name: str, drafter: str | None = None):
     """The config of trained preset `name` with the drafter of `stored_tensors(name, drafter)`."""
-    from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, DeepseekV4Config
-    from toy.presets import PRESETS, with_dspark
+    from deepseek_v4_ov.checkpoint.toy import with_drafter
+    from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+    from toy.presets import PRESETS
 
-    if drafter == DSPARK:
-        return DeepseekV4Config(**with_dspark(PRESETS[name]))
-    config = DeepseekV4Config(**PRESETS[name])
-    return config.without_drafter() if drafter == "none" else config
+    return DeepseekV4Config(**with_drafter(PRESETS[name], drafter or own_drafter(name)))
 
 
 def build_model(name: str, drafter: str | None = None):
