@@ -134,7 +134,7 @@ def encoded_drafter(model) -> dict[str, torch.Tensor]:
 
 
 def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, lr: float, seed: int, device: str,
-                   qat_fraction: float, log_every: int = 50) -> None:
+                   qat_fraction: float, log_every: int = 50, max_seconds: float = 0.0) -> None:
     from deepseek_v4_ov.checkpoint.layout import write_shards
 
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +194,9 @@ def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, 
                      "qat": masters is not None, "elapsed_s": round(time.perf_counter() - start, 1)}
             log.append(entry)
             print(json.dumps(entry), flush=True)
+        if max_seconds and time.perf_counter() - start > max_seconds:
+            print(f"stopped early at step {step} of {steps}: --max-seconds {max_seconds} reached", flush=True)
+            break
     train_s = time.perf_counter() - start
     for model in (mtp_model, dspark_model):
         model.eval()
@@ -203,7 +206,7 @@ def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, 
     for sub, stored in (("mtp", mtp_stored), ("dspark", dspark_stored)):
         (out / sub).mkdir(exist_ok=True)
         write_shards(out / sub, stored, 2 << 20)
-    summary = {"preset": PRESET, "seed": seed, "steps": steps, "batch": batch, "anchors": anchors, "seq_len": SEQ_LEN,
+    summary = {"preset": PRESET, "seed": seed, "steps": steps, "steps_done": step + 1, "batch": batch, "anchors": anchors, "seq_len": SEQ_LEN,
                "lr": lr, "qat_fraction": qat_fraction, "device": device, "torch": torch.__version__,
                "train_s": round(train_s, 1), "heldout_master": master_eval, "heldout_stored": stored_eval, "log": log}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     d.add_argument("--qat-fraction", type=float, default=0.2)
     d.add_argument("--log-every", type=int, default=50)
+    d.add_argument("--max-seconds", type=float, default=0.0, help="safety stop (recorded in the log); 0: none")
     e = sub.add_parser("ship-drafters", help="copy a `drafters` run into toy/trained")
     e.add_argument("run", type=Path)
     args = p.parse_args(argv)
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         from toy.drafters import train_drafters
 
         train_drafters(args.data, args.out, args.steps, args.batch, args.anchors, args.lr, args.seed, args.device,
-                       args.qat_fraction, args.log_every)
+                       args.qat_fraction, args.log_every, args.max_seconds)
     elif args.cmd == "ship-drafters":
         from toy.drafters import ship_drafters
 
