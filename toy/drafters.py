@@ -86,7 +86,7 @@ def dspark_batch(model, taps: torch.Tensor, ids: torch.Tensor, logits: torch.Ten
 def losses(mtp_model, dspark_model, ids: torch.Tensor, anchors: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         out = dspark_model(ids[:, :-1])  # the frozen target: logits, final streams and the DSpark taps
-    mtp = mtp_model.mtp_logits(out.streams[:, :-1], ids[:, 1:-1], mtp_model.empty_cache(ids.shape[0]))
+    mtp = mtp_model.mtp_logits(out.streams[:, :-1], ids[:, 1:-1], mtp_model.empty_cache(ids.shape[0], ids.device))
     draft, confidence, wanted = dspark_batch(dspark_model, out.dspark_hidden, ids, out.logits, anchors)
     correct = (draft.argmax(-1) == wanted.argmax(-1)).float()
     return {
