@@ -880,6 +880,57 @@ class DSparkStage(Block):
             self.confidence_head = ConfidenceHead(hd + rank)
 
 
+def dspark_absorb(stages: nn.ModuleList, rope: Rope, taps: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+    """The target's taps `[B, n, n_targets*hidden]` of n newly committed positions: `main_x =
+    main_norm(main_proj(.))` (stage 0) enters every stage's context ring at positions `mtp_length ...`, which
+    then advances by n. The drafter's state only ever holds committed positions: it never rolls back."""
+    positions = state["mtp_length"].unsqueeze(1) + torch.arange(taps.shape[1], device=taps.device)
+    main_x = stages[0].main_norm(stages[0].main_proj(taps))
+    for j, stage in enumerate(stages):
+        stage.attn.absorb(main_x, positions, rope, state, f"mtp.{j}.")
+    state["mtp_length"] = state["mtp_length"] + taps.shape[1]
+
+
+def dspark_block(stages: nn.ModuleList, embed: nn.Embedding, head: nn.Linear, rope: Rope, config: DeepseekV4Config,
+                 bonus_ids: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block `[bonus, noise x (K-1)]` at positions p+1..p+K (p = the last absorbed position) through the
+    stages (`rope`: plain, no YaRN): the last stage's collapsed streams before `norm`, `h` `[B, K, hidden]`,
+    and the base logits `U = head(norm(h))` `[B, K, vocab]` (FP32)."""
+    c, last, k = config, stages[-1], config.dspark_block_size
+    positions = state["mtp_length"].unsqueeze(1) + torch.arange(k, device=bonus_ids.device)
+    ids = torch.cat((bonus_ids, bonus_ids.new_full((bonus_ids.shape[0], k - 1), c.dspark_noise_token_id)), 1)
+    x = embed(ids).unsqueeze(2).expand(-1, -1, c.hc_mult, -1).contiguous()
+    for j, stage in enumerate(stages):
+        x = stage(x, positions, ids, rope, state, f"mtp.{j}.")
+    h = HcHead.collapse(x, last.hc_head_fn, last.hc_head_base, last.hc_head_scale, c.rms_norm_eps, c.hc_eps)
+    return h, head(last.norm(h)).float()
+
+
+def dspark_heads(last: DSparkStage, h: torch.Tensor, base: torch.Tensor, previous: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits with the Markov bias, `U_k + markov_w2(markov_w1[previous_k])`, and the confidences
+    `sigmoid(proj([h_k; markov_w1[previous_k]]))`, for given previous tokens `[B, K]` (drafting feeds them
+    one at a time; training feeds the true ones)."""
+    e = last.markov_head.markov_w1(previous)
+    logits = base + last.markov_head.markov_w2(e).float()
+    confidence = torch.sigmoid(last.confidence_head.proj(torch.cat((h.float(), e.float()), -1)).float())
+    return logits, confidence.squeeze(-1)
+
+
+def dspark_greedy(last: DSparkStage, h: torch.Tensor, base: torch.Tensor, bonus_ids: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left to right, x_k = argmax of draft k's logits with the Markov bias of x_{k-1} (x_0 = the bonus):
+    tokens `[B, K]`, their logits `[B, K, vocab]`, confidences `[B, K]`."""
+    previous, logits, tokens, confidence = bonus_ids, [], [], []
+    for i in range(h.shape[1]):
+        step_logits, step_confidence = dspark_heads(last, h[:, i : i + 1], base[:, i : i + 1], previous)
+        previous = step_logits.argmax(-1)
+        logits.append(step_logits)
+        tokens.append(previous)
+        confidence.append(step_confidence)
+    return torch.cat(tokens, 1), torch.cat(logits, 1), torch.cat(confidence, 1)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Cache
 # ------------------------------------------------------------------------------------------------------
@@ -1194,40 +1245,18 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
 
     def dspark_absorb(self, dspark_hidden: torch.Tensor, cache: DeepseekV4Cache) -> None:
         """Feed the DSpark drafter the target's taps `[B, n, n_targets*hidden]` (`forward(...).dspark_hidden`)
-        of the n positions committed since the last call: `main_x = main_norm(main_proj(.))` enters every
-        stage's context ring at positions `mtp_length ...`, which then advances by n. The drafter's state
-        only ever holds committed positions, so it never needs rolling back."""
-        state, first = cache.tensors, self.mtp[0]
-        positions = state["mtp_length"].unsqueeze(1) + torch.arange(dspark_hidden.shape[1], device=dspark_hidden.device)
-        main_x = first.main_norm(first.main_proj(dspark_hidden))
-        for j, stage in enumerate(self.mtp):
-            stage.attn.absorb(main_x, positions, self.rope_for(SLIDING), state, f"mtp.{j}.")
-        state["mtp_length"] = state["mtp_length"] + dspark_hidden.shape[1]
+        of the n positions committed since the last call (`dspark_absorb` below)."""
+        dspark_absorb(self.mtp, self.rope_for(SLIDING), dspark_hidden, cache.tensors)
 
     def dspark_block(self, bonus_ids: torch.LongTensor, cache: DeepseekV4Cache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the block `[bonus, noise x (K-1)]` at positions p+1..p+K (p = the last absorbed position)
-        through the stages (plain RoPE, no YaRN); return the last stage's collapsed streams before `norm`
-        `h` `[B, K, hidden]` and the base logits `U = head(norm(h))` `[B, K, vocab]` (FP32)."""
-        c, state, last = self.config, cache.tensors, self.mtp[-1]
-        k = c.dspark_block_size
-        positions = state["mtp_length"].unsqueeze(1) + torch.arange(k, device=bonus_ids.device)
-        ids = torch.cat((bonus_ids, bonus_ids.new_full((bonus_ids.shape[0], k - 1), c.dspark_noise_token_id)), 1)
-        x = self.embed(ids).unsqueeze(2).expand(-1, -1, c.hc_mult, -1).contiguous()
-        for j, stage in enumerate(self.mtp):
-            x = stage(x, positions, ids, self.rope_for(SLIDING), state, f"mtp.{j}.")
-        h = HcHead.collapse(x, last.hc_head_fn, last.hc_head_base, last.hc_head_scale, c.rms_norm_eps, c.hc_eps)
-        return h, self.head(last.norm(h)).float()
+        """The draft block through the stages: `h` and base logits (`dspark_block` below)."""
+        return dspark_block(self.mtp, self.embed, self.head, self.rope_for(SLIDING), self.config, bonus_ids,
+                            cache.tensors)
 
     def dspark_heads(self, h: torch.Tensor, base: torch.Tensor, previous: torch.LongTensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits with the Markov bias, `U_k + markov_w2(markov_w1[previous_k])`, and the confidences
-        `sigmoid(proj([h_k; markov_w1[previous_k]]))`, for given previous tokens `[B, K]` (drafting feeds
-        them one at a time; training feeds the true ones)."""
-        heads = self.mtp[-1]
-        e = heads.markov_head.markov_w1(previous)
-        logits = base + heads.markov_head.markov_w2(e).float()
-        confidence = torch.sigmoid(heads.confidence_head.proj(torch.cat((h.float(), e.float()), -1)).float())
-        return logits, confidence.squeeze(-1)
+        """Logits with the Markov bias and confidences for given previous tokens (`dspark_heads` below)."""
+        return dspark_heads(self.mtp[-1], h, base, previous)
 
     def dspark_draft(self, dspark_hidden: torch.Tensor, bonus_ids: torch.LongTensor,
                      cache: DeepseekV4Cache) -> DSparkDraft:
@@ -1238,14 +1267,7 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
             raise ValueError(f"dspark_draft: this model's drafter is {self.config.drafter!r}, not DSpark")
         self.dspark_absorb(dspark_hidden, cache)
         h, base = self.dspark_block(bonus_ids, cache)
-        previous, logits, tokens, confidence = bonus_ids, [], [], []
-        for i in range(self.config.dspark_block_size):
-            step_logits, step_confidence = self.dspark_heads(h[:, i : i + 1], base[:, i : i + 1], previous)
-            previous = step_logits.argmax(-1)
-            logits.append(step_logits)
-            tokens.append(previous)
-            confidence.append(step_confidence)
-        return DSparkDraft(tokens=torch.cat(tokens, 1), logits=torch.cat(logits, 1), confidence=torch.cat(confidence, 1))
+        return DSparkDraft(*dspark_greedy(self.mtp[-1], h, base, bonus_ids))
 
     def prepare_inputs_for_generation(
         self,
