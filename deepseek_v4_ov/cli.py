@@ -56,7 +56,7 @@ def run_toy(args: argparse.Namespace) -> None:
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
-    from deepseek_v4_ov.export.options import AUTO, RELEASE_DEFAULT_FORMAT
+    from deepseek_v4_ov.export.options import AUTO, DRAFTERS, NO_DRAFTER, RELEASE_DEFAULT_FORMAT
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
                                       "openvino`)")
@@ -86,6 +86,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
+    p.add_argument("--drafter", choices=DRAFTERS, default=NO_DRAFTER,
+                   help="also export a drafter for speculative decoding (`generate --mtp`): mtp (the checkpoint's "
+                        "MTP block, as openvino_drafter_model.xml), auto (the checkpoint's drafter, if any) or "
+                        "none (default: the target IR alone, unchanged)")
     p.add_argument("--disable-convert-tokenizer", action="store_true", help="do not write the OpenVINO tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
     p.set_defaults(run=run_export)
@@ -102,7 +106,7 @@ def run_export(args: argparse.Namespace) -> None:
                          backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
                          group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
                          overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
-                         whole=args.whole)
+                         whole=args.whole, drafter=args.drafter)
     if args.dry_run:
         dry_run_export(opts, args.output is not None)
     else:
