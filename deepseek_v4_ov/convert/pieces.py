@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from deepseek_v4_ov.convert.stateful import (
-    INPUT_PREFIX, OUTPUT_PREFIX, bind_initial_states, chain_guard, make_stateful, make_topk_stable, name_ports,
+    INPUT_PREFIX, OUTPUT_PREFIX, TAPS, bind_initial_states, chain_guard, make_stateful, make_topk_stable,
+    name_ports,
 )
 from deepseek_v4_ov.model.configuration_deepseek_v4 import SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import Block, HcHead, MTPBlock, RMSNorm, Rope, linear
 
 EMBED, HEAD = "embed", "head"
-TAPS = "drafter_taps"  # the target's output the drafter reads: final streams [B, S, hc_mult, hidden]
 LENGTHS = ("length", "mtp_length")  # position counters: int32 states
 TRACE_TOKENS, TRACE_BATCH, TRACE_NEW = 133, 2, 5  # trace from a cache holding 133 tokens, 5 new, batch 2
 TRACE_VOCAB = 4096  # rows of the embed/head stand-ins (example ids stay below; shapes follow the bound weights)

@@ -37,7 +37,8 @@ from deepseek_v4_ov.compress.policy import (
     PRIMARY, CompressionOptions, GroupPrecision, format_report, precision_report, target_of,
 )
 from deepseek_v4_ov.compress.weights import bind_weights
-from deepseek_v4_ov.convert.pieces import TAPS, convert_piece, drafter_plan, plan
+from deepseek_v4_ov.convert.pieces import convert_piece, drafter_plan, plan
+from deepseek_v4_ov.convert.stateful import TAPS
 from deepseek_v4_ov.convert.stitch import stitch
 from deepseek_v4_ov.export import memory
 from deepseek_v4_ov.export.folder import (
