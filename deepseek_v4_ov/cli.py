@@ -1,4 +1,4 @@
-"""`deepseek-v4-ov` command line: toy, export, parity, demo."""
+"""`deepseek-v4-ov` command line: toy, export, generate, parity, demo."""
 
 from __future__ import annotations
 
@@ -130,6 +130,63 @@ def dry_run_export(opts, check_output: bool) -> None:
         print(f"  fits: ~{size_text(projection.disk_bytes)} needed where {opts.output} goes")
 
 
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with an exported folder (plain, or speculative with its "
+                                        "drafter: --mtp)")
+    p.add_argument("--model", type=Path, required=True, help="an exported folder (deepseek-v4-ov export)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (encoded with the folder's tokenizer)")
+    prompt.add_argument("--prompt-ids", help="prompt token ids, separated by commas and/or spaces")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument("--mtp", action="store_true", help="speculative decoding drafted by the MTP block (export "
+                                                         "with --drafter mtp); greedy")
+    spec.add_argument("--dspark", action="store_true", help="speculative decoding drafted by the DSpark drafter "
+                                                            "(export with --drafter dspark); greedy")
+    p.add_argument("--do-sample", action="store_true", help="sample (plain decoding only; default greedy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the EOS token")
+    p.add_argument("--device", default="CPU")
+    p.add_argument("--json", type=Path, help="write tokens, text, ttft_s, tokens_per_s (decode only) and, when "
+                                             "speculating, the drafter's acceptance to this file")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    import json
+
+    from deepseek_v4_ov.runtime.generate import (
+        Generator, Sampling, check_prompt, check_request, parse_ids, stderr_progress,
+    )
+
+    drafter = "mtp" if args.mtp else "dspark" if args.dspark else None
+    sampling = Sampling(args.do_sample, args.temperature, args.top_k, args.top_p, args.seed)
+    check_request(sampling, drafter, args.max_new_tokens)
+    _, vocab = Generator.check_folder(args.model, drafter)
+    if args.prompt_ids is not None:
+        check_prompt(parse_ids(args.prompt_ids), vocab)
+    if args.json is not None and not args.json.parent.is_dir():
+        raise ValueError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    gen = Generator(args.model, drafter, args.device)
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else gen.encode(args.prompt)
+    stderr_progress(f"generating {args.max_new_tokens} tokens after {len(ids)} prompt tokens"
+                    f"{f' ({drafter} speculative)' if drafter else ''}")
+    result = gen.generate(ids, args.max_new_tokens, sampling, stop_at_eos=not args.ignore_eos,
+                          progress=stderr_progress)
+    has_tokenizer = (args.model / "tokenizer.json").is_file() or (args.model / "tokenizer.model").is_file()
+    result.text = gen.decode(result.tokens) if has_tokenizer else None
+    print(result.text if result.text is not None else " ".join(map(str, result.tokens)))
+    extra = (f", {drafter} acceptance {result.stats.acceptance:.3f} ({result.stats.mean_accepted:.2f} drafts "
+             f"accepted per step)" if result.stats else "")
+    stderr_progress(f"{len(result.tokens)} tokens; ttft {result.ttft_s * 1e3:.1f} ms, decode "
+                    f"{result.tokens_per_s:.1f} tokens/s{extra}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
 def add_parity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="compare exported IRs (formats x devices) against the PyTorch port")
     p.add_argument("--model", type=Path, default=None, help="V4 folder in the official layout (any toy, random "
@@ -176,7 +233,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepseek-v4-ov", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_toy, add_export, add_parity, add_demo):
+    for add in (add_toy, add_export, add_generate, add_parity, add_demo):
         add(sub)
     return parser
 
