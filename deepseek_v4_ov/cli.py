@@ -150,6 +150,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the EOS token")
     p.add_argument("--device", default="CPU")
+    p.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (default 0: the plugin's choice); "
+                                                          "1 is fastest for the tiny toys on a busy machine")
     p.add_argument("--json", type=Path, help="write tokens, text, ttft_s, tokens_per_s (decode only) and, when "
                                              "speculating, the drafter's acceptance to this file")
     p.set_defaults(run=run_generate)
@@ -161,6 +163,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from deepseek_v4_ov.runtime.generate import (
         Generator, Sampling, check_prompt, check_request, parse_ids, stderr_progress,
     )
+    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
 
     drafter = "mtp" if args.mtp else "dspark" if args.dspark else None
     sampling = Sampling(args.do_sample, args.temperature, args.top_k, args.top_p, args.seed)
@@ -170,7 +173,10 @@ def run_generate(args: argparse.Namespace) -> None:
         check_prompt(parse_ids(args.prompt_ids), vocab)
     if args.json is not None and not args.json.parent.is_dir():
         raise ValueError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    gen = Generator(args.model, drafter, args.device)
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: must be >= 0")
+    gen = Generator(args.model, drafter, args.device,
+                    {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})})
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else gen.encode(args.prompt)
     stderr_progress(f"generating {args.max_new_tokens} tokens after {len(ids)} prompt tokens"
                     f"{f' ({drafter} speculative)' if drafter else ''}")
