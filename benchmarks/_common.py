@@ -165,7 +165,8 @@ def export_child(src: Path, out: Path, fmt: str, prefill_only: bool = False, who
 
 def ensure_export(workdir: Path, src: Path, fmt: str, prefill_only: bool = False, whole: bool = False,
                   reuse: bool = True, drafter: str = "none") -> Path:
-    out = workdir / f"{src.name}-ov-{fmt}{'-prefill' if prefill_only else ''}{'' if drafter == 'none' else '-' + drafter}"
+    suffix = ("-prefill" if prefill_only else "") + ("" if drafter == "none" else f"-{drafter}")
+    out = workdir / f"{src.name}-ov-{fmt}{suffix}"
     if reuse and (out / "openvino_model.xml").is_file():
         return out
     res = export_child(src, out, fmt, prefill_only, whole, drafter)
