@@ -90,7 +90,9 @@ def test_speculative_equals_plain_greedy(runtime):
     plain = plain[0].tolist()
     spec, stats = speculative_greedy(target, drafter, ids, NEW)
     assert spec == plain
-    assert stats.proposed == stats.steps and stats.snapshot_saves + stats.snapshot_restores == stats.steps
+    # one draft per call with drafts; the calls without (re-feeding a rejection's committed tokens) have none
+    assert stats.proposed == len(stats.accepted_per_step) <= stats.steps
+    assert stats.snapshot_saves + stats.snapshot_restores == stats.steps
     # K = 3 scripted drafts: all right, all wrong, and every split, so that full acceptance (snapshot
     # retaken) and rejections at each offset (snapshot restored, committed tokens re-fed) all occur
     sequence = ids[0].tolist() + plain
@@ -117,7 +119,7 @@ def test_generate_cli_json(exported, tmp_path, capsys):
     for r in (plain, mtp):
         assert r["ttft_s"] > 0 and r["tokens_per_s"] > 0
     assert "mtp_acceptance" not in plain and 0 <= mtp["mtp_acceptance"] <= 1
-    assert mtp["speculative"]["proposed"] == mtp["speculative"]["steps"] > 0
+    assert 0 < mtp["speculative"]["proposed"] <= mtp["speculative"]["steps"]
 
 
 def test_refusals(toy, exported, runtime, tmp_path, capsys):

@@ -6,7 +6,8 @@ greedy speculative decoding with the folder's drafter (`runtime/speculative.py`)
     result.text, result.tokens_per_s, result.to_json()
 
 Timings: `ttft_s` is the prompt call plus the choice of the first token; `tokens_per_s` counts the tokens
-after the first over the time after it (decode only). Decoding stops at the folder's EOS token
+after the first over the time after it (decode only); `tokens_per_cpu_s` the same tokens over the CPU time
+this process used meanwhile (all its threads: a figure that other processes' load moves less). Decoding stops at the folder's EOS token
 (generation_config.json) unless `stop_at_eos=False`.
 """
 
@@ -78,6 +79,7 @@ class GenerationResult:
     tokens: list[int]
     ttft_s: float
     decode_s: float
+    decode_cpu_s: float
     drafter: str | None = None
     stats: SpeculativeStats | None = None
     text: str | None = None
@@ -86,10 +88,16 @@ class GenerationResult:
     def tokens_per_s(self) -> float:
         return (len(self.tokens) - 1) / self.decode_s if len(self.tokens) > 1 and self.decode_s > 0 else float("nan")
 
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return (len(self.tokens) - 1) / self.decode_cpu_s if len(self.tokens) > 1 and self.decode_cpu_s > 0 else (
+            float("nan"))
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tokens": self.tokens, "text": self.text, "prompt_tokens": len(self.prompt_ids),
                                "new_tokens": len(self.tokens), "ttft_s": self.ttft_s, "decode_s": self.decode_s,
-                               "tokens_per_s": self.tokens_per_s, "drafter": self.drafter}
+                               "tokens_per_s": self.tokens_per_s, "decode_cpu_s": self.decode_cpu_s,
+                               "tokens_per_cpu_s": self.tokens_per_cpu_s, "drafter": self.drafter}
         if self.stats is not None:
             s = self.stats
             key = "mtp_acceptance" if self.drafter == "mtp" else f"{self.drafter}_acceptance"
@@ -206,7 +214,8 @@ class Generator:
 
         def commit(new: list[int]) -> bool:
             now = time.perf_counter()
-            clock["first"] = clock["first"] or now
+            if not clock["first"]:
+                clock["first"], clock["cpu"] = now, time.process_time()
             tokens.extend(new)
             if progress and len(tokens) > 1 and now - clock["shown"] >= PROGRESS_EVERY_S:
                 clock["shown"] = now
@@ -223,13 +232,13 @@ class Generator:
             logits = self.target(ids)[0, -1]
             while not commit([sampling.pick(logits, rng)]) and len(tokens) < max_new_tokens:
                 logits = self.target(np.array([tokens[-1:]], dtype=np.int64))[0, -1]
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
         tokens = tokens[:max_new_tokens]
         if stop_at_eos:
             stop = next((k for k, t in enumerate(tokens) if t in self.eos), None)
             tokens = tokens if stop is None else tokens[: stop + 1]
         return GenerationResult(list(prompt_ids), tokens, clock["first"] - clock["start"], end - clock["first"],
-                                self.drafter_kind, stats)
+                                cpu_end - clock["cpu"], self.drafter_kind, stats)
 
 
 def stderr_progress(line: str) -> None:

@@ -9,9 +9,16 @@ cut back by position, so rejected drafts are undone by a snapshot: `StateSnapsho
 state of the target while the target has absorbed only committed tokens. After a call whose drafts were
 all accepted the target is again at a committed position (the snapshot is retaken before the next call);
 after a rejection the snapshot is restored and the committed tokens the target has not absorbed yet are fed
-again together with the next bonus and drafts, in the same call, so a rejection costs no extra call:
+again, filled up with new drafts, in the next call:
 
-    call feed = committed[absorbed:] + drafts      (committed[-1] is the bonus)
+    call feed = committed[absorbed:] + drafts[: K + 1 - len(committed[absorbed:])]   (committed[-1]: the bonus)
+
+Every call after the prompt has K + 1 tokens: after a full acceptance one pending token (the bonus) and K
+drafts; after a rejection at draft n, n + 2 pending tokens and K - 1 - n drafts (for MTP-1: the bonus and
+the correction, no draft). A call whose length differs from the previous call's re-prepares every node of
+OpenVINO's CPU plugin (measured on `trained-full`, one thread: alternating lengths 2 and 3 cost 33 ms per
+call, either length alone 15-16 ms, for every infer request of the compiled model), so a constant length
+beats verifying more tokens per call.
 
 The drafter only ever sees committed positions (the target's `drafter_taps` of a committed position t and
 the committed token t+1), so it is never rolled back. `Drafter` is what a loop needs of one: `MTPDrafter`
@@ -107,10 +114,10 @@ class StateSnapshot:
 
 @dataclass
 class SpeculativeStats:
-    steps: int = 0  # target calls after the prompt
+    steps: int = 0  # target calls after the prompt (with drafts, or re-feeding committed tokens only)
     proposed: int = 0
     accepted: int = 0
-    accepted_per_step: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)  # of the calls with drafts
     snapshot_s: float = 0.0
     snapshot_saves: int = 0
     snapshot_restores: int = 0
@@ -153,28 +160,32 @@ def speculative_greedy(target: OVCausalLM, drafter: Drafter, input_ids: np.ndarr
     committed.append(int(logits[0, -1].argmax()))
     produced, absorbed, drafted, clean = 1, len(input_ids[0]), 0, True
     stop = bool(on_tokens and on_tokens(committed[-1:]))
+    width = drafter.drafts_per_step + 1  # tokens per target call
     while produced < new_tokens and not stop:
-        start = time.perf_counter()  # the drafter absorbs positions drafted.. (all committed, bonus last)
-        end = len(committed) - 1
-        drafts, _ = drafter.propose(taps[:, drafted - base: end - base], np.array([committed[drafted + 1:]]))
-        drafts = [int(d) for d in drafts[0]]
-        stats.drafter_s += time.perf_counter() - start
-        drafted = end
+        pending = committed[absorbed:]
+        drafts: list[int] = []
+        if len(pending) < width:  # the drafter absorbs positions drafted.. (all committed, bonus last)
+            start, end = time.perf_counter(), len(committed) - 1
+            proposed, _ = drafter.propose(taps[:, drafted - base: end - base], np.array([committed[drafted + 1:]]))
+            drafts = [int(d) for d in proposed[0, : width - len(pending)]]
+            stats.drafter_s += time.perf_counter() - start
+            drafted = end
         if clean:
             snapshot.save()
         else:
             snapshot.restore()
-        feed = committed[absorbed:] + drafts
+        feed = pending + drafts
         logits = target(np.array([feed], dtype=np.int64))
         taps, base = target.output(TAPS), absorbed
-        picks = logits[0, len(committed) - 1 - absorbed:].argmax(-1)
+        picks = logits[0, len(pending) - 1:].argmax(-1)
         n = next((i for i, (d, p) in enumerate(zip(drafts, picks)) if d != p), len(drafts))
         new = drafts[:n] + [int(picks[n])]
         committed += new
         stats.steps += 1
         stats.proposed += len(drafts)
         stats.accepted += n
-        stats.accepted_per_step.append(n)
+        if drafts:
+            stats.accepted_per_step.append(n)
         clean = n == len(drafts)
         if clean:  # every fed token is committed: the target is at a committed position
             absorbed += len(feed)
