@@ -11,7 +11,9 @@ back to back, after one unmeasured warm-up of each; both give the same tokens (c
 counts the tokens after the first over the time after it (`runtime/generate.py`). The table gives the median
 over all runs of each mode, the best run of each, the median of the per-run ratios, the same on CPU time
 (tokens per CPU second of this process: the figure other processes' load moves least; with --threads 1 it
-is the work done), the MTP acceptance, and what the snapshot of the target's states costs.
+is the work done), the MTP acceptance, and what the snapshot of the target's states costs. Last, the target's
+cost per call (CPU ms, median) by call length: constant 1, constant 2, and alternating 2/3 (what a
+verify call of varying length pays on the CPU plugin).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -29,7 +34,7 @@ from _common import ensure_export, machine, machine_line, python_main, run_child
 
 from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer  # noqa: E402
 from deepseek_v4_ov.runtime.generate import Generator  # noqa: E402
-from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG  # noqa: E402
+from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
 from toy.trained import heldout_windows  # noqa: E402
 
 PRESET = "trained-full"
@@ -45,6 +50,25 @@ def ensure_trained(workdir: Path) -> Path:
             raise RuntimeError(f"writing {PRESET} failed:\n{out[-4000:]}")
         print(f"  wrote {folder} in {wall:.1f}s", flush=True)
     return folder
+
+
+def call_costs(folder: Path, config: dict, prompt: list[int], calls: int = 24) -> dict[str, float]:
+    """CPU ms per target call (median) for calls of constant length 1, 2 and of lengths alternating 2/3."""
+    lm = OVCausalLM(folder, config=config)
+    ids = np.resize(np.array(prompt, dtype=np.int64), 4 * calls + len(prompt))[None]
+    out = {}
+    for name, lengths in (("1", [1]), ("2", [2]), ("2/3", [2, 3])):
+        lm.reset()
+        lm(ids[:, : len(prompt)])
+        at, times = len(prompt), []
+        for k in range(calls):
+            n = lengths[k % len(lengths)]
+            start = time.process_time()
+            lm(ids[:, at: at + n])
+            times.append(time.process_time() - start)
+            at += n
+        out[name] = 1e3 * statistics.median(times[2:])
+    return out
 
 
 def main() -> None:
@@ -123,8 +147,11 @@ def main() -> None:
         f"{acceptance:.3f}", f"{summary['tokens_per_step']:.2f}", f"{summary['drafter_ms_per_step']:.2f}",
         f"{summary['snapshot_ms_per_step']:.3f}", f"{100 * summary['snapshot_share_of_decode']:.2f}%",
         f"{summary['snapshot_bytes'] / 1e3:.1f} kB", f"{summary['restores_per_step']:.2f}"]]))
+    costs = call_costs(plain_dir, config, prompts[0])
+    print(table(["target call of", "1 token", "2 tokens", "2 and 3 tokens alternating"], [[
+        "CPU ms (median)", *(f"{costs[k]:.2f}" for k in ("1", "2", "2/3"))]]))
     write_json(args.json, {"machine": info, "command": " ".join(sys.argv), "args": {
-        k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": runs})
+        k: str(v) for k, v in vars(args).items()}, "summary": summary, "call_cpu_ms": costs, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ again, filled up with new drafts, in the next call:
 Every call after the prompt has K + 1 tokens: after a full acceptance one pending token (the bonus) and K
 drafts; after a rejection at draft n, n + 2 pending tokens and K - 1 - n drafts (for MTP-1: the bonus and
 the correction, no draft). A call whose length differs from the previous call's re-prepares every node of
-OpenVINO's CPU plugin (measured on `trained-full`, one thread: alternating lengths 2 and 3 cost 33 ms per
-call, either length alone 15-16 ms, for every infer request of the compiled model), so a constant length
-beats verifying more tokens per call.
+OpenVINO's CPU plugin, also on another infer request of the same compiled model (benchmarks/speculative.py:
+alternating lengths 2 and 3 cost ~2x a call of either length), so a constant length beats verifying more
+tokens per call.
 
 The drafter only ever sees committed positions (the target's `drafter_taps` of a committed position t and
 the committed token t+1), so it is never rolled back. `Drafter` is what a loop needs of one: `MTPDrafter`
