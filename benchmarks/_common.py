@@ -144,17 +144,17 @@ sys.path.insert(0, {root!r})
 from deepseek_v4_ov.export.pipeline import export
 t = time.perf_counter()
 r = export({src!r}, {out!r}, weight_format={fmt!r}, prefill_only={prefill_only!r}, overwrite=True,
-           whole={whole!r}, convert_tokenizer=False)
+           whole={whole!r}, convert_tokenizer=False, drafter={drafter!r})
 print("RESULT " + json.dumps({{"wall_s": time.perf_counter() - t, "ir_bytes": r.ir_bytes, "times": r.times,
                                "files": r.files}}))
 """
 
 
-def export_child(src: Path, out: Path, fmt: str, prefill_only: bool = False, whole: bool = False
-                 ) -> dict[str, Any]:
+def export_child(src: Path, out: Path, fmt: str, prefill_only: bool = False, whole: bool = False,
+                 drafter: str = "none") -> dict[str, Any]:
     """Export in a child process; returns its RESULT plus the child's wall time and peak RSS."""
     code = EXPORT_CODE.format(root=str(ROOT), src=str(src), out=str(out), fmt=fmt, prefill_only=prefill_only,
-                              whole=whole)
+                              whole=whole, drafter=drafter)
     rc, wall, rss, output = run_child([python_main(), "-c", code])
     if rc != 0:
         raise RuntimeError(f"export {src} -> {out} ({fmt}) failed (exit {rc}):\n{output[-4000:]}")
@@ -164,11 +164,12 @@ def export_child(src: Path, out: Path, fmt: str, prefill_only: bool = False, who
 
 
 def ensure_export(workdir: Path, src: Path, fmt: str, prefill_only: bool = False, whole: bool = False,
-                  reuse: bool = True) -> Path:
-    out = workdir / f"{src.name}-ov-{fmt}{'-prefill' if prefill_only else ''}"
+                  reuse: bool = True, drafter: str = "none") -> Path:
+    suffix = ("-prefill" if prefill_only else "") + ("" if drafter == "none" else f"-{drafter}")
+    out = workdir / f"{src.name}-ov-{fmt}{suffix}"
     if reuse and (out / "openvino_model.xml").is_file():
         return out
-    res = export_child(src, out, fmt, prefill_only, whole)
+    res = export_child(src, out, fmt, prefill_only, whole, drafter)
     print(f"  exported {out.name} in {res['child_wall_s']:.1f}s, IR {res['ir_bytes'] / 1e6:,.1f} MB, "
           f"peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
     return out

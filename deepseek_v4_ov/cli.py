@@ -1,4 +1,4 @@
-"""`deepseek-v4-ov` command line: toy, export, parity, demo."""
+"""`deepseek-v4-ov` command line: toy, export, generate, parity, demo."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def run_toy(args: argparse.Namespace) -> None:
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
-    from deepseek_v4_ov.export.options import AUTO, RELEASE_DEFAULT_FORMAT
+    from deepseek_v4_ov.export.options import AUTO, DRAFTERS, NO_DRAFTER, RELEASE_DEFAULT_FORMAT
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
                                       "openvino`)")
@@ -96,6 +96,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
+    p.add_argument("--drafter", choices=DRAFTERS, default=NO_DRAFTER,
+                   help="also export a drafter for speculative decoding (`generate --mtp`): mtp (the checkpoint's "
+                        "MTP block, as openvino_drafter_model.xml), auto (the checkpoint's drafter, if any) or "
+                        "none (default: the target IR alone, unchanged)")
     p.add_argument("--disable-convert-tokenizer", action="store_true", help="do not write the OpenVINO tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
     p.set_defaults(run=run_export)
@@ -112,7 +116,7 @@ def run_export(args: argparse.Namespace) -> None:
                          backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
                          group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
                          overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
-                         whole=args.whole)
+                         whole=args.whole, drafter=args.drafter)
     if args.dry_run:
         dry_run_export(opts, args.output is not None)
     else:
@@ -134,6 +138,69 @@ def dry_run_export(opts, check_output: bool) -> None:
     if check_output:
         check_disk(opts.output, projection)
         print(f"  fits: ~{size_text(projection.disk_bytes)} needed where {opts.output} goes")
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with an exported folder (plain, or speculative with its "
+                                        "drafter: --mtp)")
+    p.add_argument("--model", type=Path, required=True, help="an exported folder (deepseek-v4-ov export)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (encoded with the folder's tokenizer)")
+    prompt.add_argument("--prompt-ids", help="prompt token ids, separated by commas and/or spaces")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument("--mtp", action="store_true", help="speculative decoding drafted by the MTP block (export "
+                                                         "with --drafter mtp); greedy")
+    spec.add_argument("--dspark", action="store_true", help="speculative decoding drafted by the DSpark drafter "
+                                                            "(export with --drafter dspark); greedy")
+    p.add_argument("--do-sample", action="store_true", help="sample (plain decoding only; default greedy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the EOS token")
+    p.add_argument("--device", default="CPU")
+    p.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (default 0: the plugin's choice); "
+                                                          "1 is fastest for the tiny toys on a busy machine")
+    p.add_argument("--json", type=Path, help="write tokens, text, ttft_s, tokens_per_s (decode only) and, when "
+                                             "speculating, the drafter's acceptance to this file")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    import json
+
+    from deepseek_v4_ov.runtime.generate import (
+        Generator, Sampling, check_prompt, check_request, parse_ids, stderr_progress,
+    )
+    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
+
+    drafter = "mtp" if args.mtp else "dspark" if args.dspark else None
+    sampling = Sampling(args.do_sample, args.temperature, args.top_k, args.top_p, args.seed)
+    check_request(sampling, drafter, args.max_new_tokens)
+    _, vocab = Generator.check_folder(args.model, drafter)
+    if args.prompt_ids is not None:
+        check_prompt(parse_ids(args.prompt_ids), vocab)
+    if args.json is not None and not args.json.parent.is_dir():
+        raise ValueError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: must be >= 0")
+    gen = Generator(args.model, drafter, args.device,
+                    {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})})
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else gen.encode(args.prompt)
+    stderr_progress(f"generating {args.max_new_tokens} tokens after {len(ids)} prompt tokens"
+                    f"{f' ({drafter} speculative)' if drafter else ''}")
+    result = gen.generate(ids, args.max_new_tokens, sampling, stop_at_eos=not args.ignore_eos,
+                          progress=stderr_progress)
+    has_tokenizer = (args.model / "tokenizer.json").is_file() or (args.model / "tokenizer.model").is_file()
+    result.text = gen.decode(result.tokens) if has_tokenizer else None
+    print(result.text if result.text is not None else " ".join(map(str, result.tokens)))
+    extra = (f", {drafter} acceptance {result.stats.acceptance:.3f} ({result.stats.mean_accepted:.2f} drafts "
+             f"accepted per step)" if result.stats else "")
+    stderr_progress(f"{len(result.tokens)} tokens; ttft {result.ttft_s * 1e3:.1f} ms, decode "
+                    f"{result.tokens_per_s:.1f} tokens/s{extra}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
 def add_parity(sub: argparse._SubParsersAction) -> None:
@@ -182,7 +249,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepseek-v4-ov", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_toy, add_export, add_parity, add_demo):
+    for add in (add_toy, add_export, add_generate, add_parity, add_demo):
         add(sub)
     return parser
 

@@ -32,8 +32,8 @@ from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, Checkpoint, scale_
 from deepseek_v4_ov.compress.native import fp4_subgraph, fp8_subgraph, half_constant, stacked_fp4_subgraph
 from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with
 
-_WEIGHT_RE = re.compile(r"^(embed\.|head\.|norm\.|hc_head_|layers\.\d+\.)")
-_EXPERTS_RE = re.compile(r"^layers\.(\d+)\.ffn\.experts\.(w[123])$")
+_WEIGHT_RE = re.compile(r"^(embed\.|head\.|norm\.|hc_head_|(layers|mtp)\.\d+\.)")
+_EXPERTS_RE = re.compile(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(w[123])$")
 # Routed experts compressed at once (FP32 bytes, three projections): a layer's whole stack when it is small
 # (toys: one NNCF call), else at most an eighth of it and at most 1 GiB, so that the peak stays a fraction
 # of one layer's FP32 experts (V4-Flash: 25.8 GB per layer, 1 GiB chunks of 10 experts).
@@ -76,8 +76,8 @@ def _plain(tensor: torch.Tensor, name: str) -> ov.Node:
     return c
 
 
-def _expert_names(layer: str, proj: str, experts: range) -> Iterator[str]:
-    return (f"layers.{layer}.ffn.experts.{e}.{proj}.weight" for e in experts)
+def _expert_names(block: str, proj: str, experts: range) -> Iterator[str]:
+    return (f"{block}.ffn.experts.{e}.{proj}.weight" for e in experts)
 
 
 def bind_weights(ov_model: ov.Model, source, compression: CompressionOptions | None = None,
@@ -107,9 +107,9 @@ def bind_weights(ov_model: ov.Model, source, compression: CompressionOptions | N
     for name, sub in coded.items():  # after NNCF, which must not see them
         _replace(params[name], sub.output(0))
         ov_model.remove_parameter(params[name])
-    layers = sorted({_EXPERTS_RE.match(n).group(1) for n in experts}, key=int)
-    for layer in layers:
-        projs = {proj: experts[f"layers.{layer}.ffn.experts.{proj}"] for proj in ("w1", "w3", "w2")}
+    blocks = sorted({_EXPERTS_RE.match(n).group(1) for n in experts}, key=lambda b: (b[0], int(b.split(".")[1])))
+    for layer in blocks:
+        projs = {proj: experts[f"{layer}.ffn.experts.{proj}"] for proj in ("w1", "w3", "w2")}
         if quantised:
             outs = {k: _native_experts(source, layer, k, tuple(p.get_output_shape(0))) for k, p in projs.items()}
         else:
@@ -124,7 +124,7 @@ def _native_experts(source: Checkpoint, layer: str, proj: str, shape: tuple[int,
     names = list(_expert_names(layer, proj, range(shape[0])))
     qs = [source.get(n).view(torch.uint8) for n in names]
     ss = [source.get(scale_name(n)).view(torch.uint8) for n in names]
-    return stacked_fp4_subgraph(qs, ss, shape, f"self.model.layers.{layer}.ffn.experts.{proj}.weight").output(0)
+    return stacked_fp4_subgraph(qs, ss, shape, f"self.model.{layer}.ffn.experts.{proj}.weight").output(0)
 
 
 def _stack(source, layer: str, proj: str, experts: range, shape: tuple[int, ...]) -> np.ndarray:
@@ -141,7 +141,7 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
     three projections in one graph of the piece's GroupedMatMuls (module docstring)."""
     shapes = {k: tuple(p.get_output_shape(0)) for k, p in params.items()}
     experts = shapes["w1"][0]
-    labels = {k: f"self.model.layers.{layer}.ffn.experts.0.{k}.weight" for k in params}  # the policy's names
+    labels = {k: f"self.model.{layer}.ffn.experts.0.{k}.weight" for k in params}  # the policy's names
     if compression is None or compression.weight_format == "fp32":
         out = {}
         for k, shape in shapes.items():

@@ -20,6 +20,7 @@ from openvino.passes import MakeStateful, Manager
 
 INPUT_PREFIX, OUTPUT_PREFIX = "past_key_values.", "present."
 GUARD_NAME = "state_init_guard"
+TAPS = "drafter_taps"  # a target's output for its drafter (final streams [B, S, hc_mult, hidden]; --drafter)
 
 
 def name_ports(ov_model: ov.Model, input_names: list[str], output_names: list[str]) -> None:

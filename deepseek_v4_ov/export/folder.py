@@ -22,6 +22,7 @@ from deepseek_v4_ov.checkpoint.release import STORAGE_ONLY_KEYS
 from deepseek_v4_ov.checkpoint.toy import AUTO_MAP, BUNDLED_FILES, PACKAGE_DIR
 
 IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
+DRAFTER_XML, DRAFTER_BIN = "openvino_drafter_model.xml", "openvino_drafter_model.bin"
 OV_CONFIG_NAME = "openvino_config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -57,8 +58,9 @@ def output_config(src: Path, use_cache: bool) -> dict[str, Any]:
 
 
 def openvino_config(weight_format: str, prefill_only: bool, quantization: dict[str, Any], pieces: int,
-                    src: Path, storage_format: str) -> dict[str, Any]:
-    """openvino_config.json: the same keys for every export."""
+                    src: Path, storage_format: str, drafter: dict[str, Any] | None = None) -> dict[str, Any]:
+    """openvino_config.json: the same keys for every export (`drafter`: null, or what `drafter_record`
+    says)."""
     return {
         "dtype": weight_format,
         "ir": "prefill-only" if prefill_only else "stateful",
@@ -66,7 +68,14 @@ def openvino_config(weight_format: str, prefill_only: bool, quantization: dict[s
         "precision_policy": PRECISION_POLICY,
         "pieces": pieces,
         "source": {"path": str(src), "storage_format": storage_format},
+        "drafter": drafter,
     }
+
+
+def drafter_record(kind: str, drafts_per_step: int, taps: str) -> dict[str, Any]:
+    """openvino_config.json's `drafter`: its kind ("mtp"), its IR file, the drafts it proposes per step and
+    the target output it reads."""
+    return {"kind": kind, "ir": DRAFTER_XML, "drafts_per_step": drafts_per_step, "taps": taps}
 
 
 def write_folder(folder: Path, src: Path, config, ov_config: dict[str, Any], tokenizer: bool) -> None:

@@ -10,6 +10,10 @@ from deepseek_v4_ov.compress.native import NATIVE, check_native_options
 from deepseek_v4_ov.compress.policy import CompressionOptions
 
 AUTO = "auto"
+MTP, NO_DRAFTER = "mtp", "none"
+DRAFTERS = (AUTO, MTP, NO_DRAFTER)
+"""`--drafter`: `mtp` exports the checkpoint's MTP block as the drafter IR (and the target's `drafter_taps`
+output), `auto` the checkpoint's drafter if it has one, `none` (the default) the target alone."""
 RELEASE_DEFAULT_FORMAT = "int4"
 """`auto` for a release-layout (FP8/FP4) source: the runnable 4-bit format (as optimum-cli defaults large
 models to int8); sources in BF16/FP32 (the toys) keep fp32."""
@@ -26,7 +30,7 @@ class ExportOptions:
     `native` (the release's own codes, `compress/native.py`), which takes none of the NNCF options, or
     `auto` (the default: `default_weight_format` of the source, fixed by `resolved` once the source is
     read). `whole` traces the model as one piece (default: one piece per unit, so that memory is bounded by
-    the largest layer); both give the same IR."""
+    the largest layer); both give the same IR. `drafter` is one of DRAFTERS (`drafter_for` resolves it)."""
 
     src: Path
     output: Path
@@ -42,12 +46,27 @@ class ExportOptions:
     overwrite: bool = False
     convert_tokenizer: bool = True
     whole: bool = False
+    drafter: str = NO_DRAFTER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", Path(self.src))
         object.__setattr__(self, "output", Path(self.output))
         if self.weight_format is None:
             object.__setattr__(self, "weight_format", AUTO)
+        if self.drafter not in DRAFTERS:
+            raise ValueError(f"--drafter {self.drafter}: choose one of {', '.join(DRAFTERS)}")
+        if self.prefill_only and self.drafter == MTP:
+            raise ValueError("--drafter mtp needs the stateful IR (the drafter keeps state); not with --prefill-only")
+
+    def drafter_for(self, mtp_blocks: int) -> str | None:
+        """The drafter to export for a checkpoint with `mtp_blocks` MTP blocks: "mtp" or None. `auto` is
+        the checkpoint's (none for a prefill-only export); an explicit `mtp` the checkpoint lacks raises
+        ValueError."""
+        if self.drafter == MTP and not mtp_blocks:
+            raise ValueError("--drafter mtp: the checkpoint has no MTP block (num_nextn_predict_layers is 0)")
+        if self.drafter == MTP or (self.drafter == AUTO and mtp_blocks and not self.prefill_only):
+            return MTP
+        return None
 
     @property
     def native(self) -> bool:

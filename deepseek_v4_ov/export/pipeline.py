@@ -9,6 +9,8 @@ optimum-intel (`OVModelForCausalLM`, trust_remote_code) and OpenVINO GenAI load.
     compress    compress/policy (NNCF, the release-mirroring precision policy) or compress/native (the
                 release's own codes), per piece; the piece is saved and its memory given back
     stitch      convert/stitch: the pieces joined at the file level into openvino_model.xml/.bin
+    drafter     with `drafter`: the MTP block traced, compressed and stitched the same way into
+                openvino_drafter_model.xml/.bin, and the target gets the output `drafter_taps`
     save        export/folder: config, generation config, openvino_config.json, bundled files, tokenizer
 
 All of it happens in a temporary folder beside OUTPUT that replaces OUTPUT atomically when complete
@@ -35,15 +37,17 @@ from deepseek_v4_ov.compress.policy import (
     PRIMARY, CompressionOptions, GroupPrecision, format_report, precision_report, target_of,
 )
 from deepseek_v4_ov.compress.weights import bind_weights
-from deepseek_v4_ov.convert.pieces import convert_piece, plan
+from deepseek_v4_ov.convert.pieces import convert_piece, drafter_plan, plan
+from deepseek_v4_ov.convert.stateful import TAPS
 from deepseek_v4_ov.convert.stitch import stitch
 from deepseek_v4_ov.export import memory
 from deepseek_v4_ov.export.folder import (
-    GENERATION_CONFIG, IR_BIN, IR_XML, has_tokenizer, openvino_config, tokenizer_only, write_folder,
+    DRAFTER_BIN, DRAFTER_XML, GENERATION_CONFIG, IR_BIN, IR_XML, drafter_record, has_tokenizer, openvino_config,
+    tokenizer_only, write_folder,
 )
 from deepseek_v4_ov.export.options import ExportOptions
 
-STAGES = ("validate", "convert", "stitch", "write")
+STAGES = ("validate", "convert", "stitch", "drafter", "write")
 
 
 @dataclass
@@ -72,6 +76,8 @@ class ExportResult:
             + f"; total {sum(self.times.values()):.1f}s",
             f"  peak memory (ru_maxrss) {self.peak_rss_mb:,.0f} MB",
         ]
+        if DRAFTER_XML in f:
+            lines.insert(2, f"  drafter IR {(f[DRAFTER_XML] + f.get(DRAFTER_BIN, 0)) / 1e6:.2f} MB ({DRAFTER_XML})")
         if self.projection is not None:
             lines.append(f"  projected {self.projection.describe()}")
         return "\n".join(lines)
@@ -103,6 +109,7 @@ def validate(opts: ExportOptions) -> Checkpoint:
         raise CheckpointError(_one_line(err)) from err
     opts, _ = resolve(opts, checkpoint)
     compression = opts.compression()
+    drafter_of(opts, checkpoint)
     if opts.native and checkpoint.fmt != "fp8":
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
                               f"with E8M0 scales); this one is {checkpoint.fmt}")
@@ -139,6 +146,15 @@ def resolve(opts: ExportOptions, checkpoint: Checkpoint) -> tuple[ExportOptions,
     except ValueError as err:
         raise ValueError(f"{err} ({note})") from err
     return resolved, f" ({note})"
+
+
+def drafter_of(opts: ExportOptions, checkpoint: Checkpoint) -> str | None:
+    """The drafter this export writes ("mtp" or None); a drafter the checkpoint lacks is a CheckpointError
+    naming SRC."""
+    try:
+        return opts.drafter_for(checkpoint.config.num_nextn_predict_layers)
+    except ValueError as err:
+        raise CheckpointError(f"{opts.src}: {err}") from err
 
 
 def projection_of(checkpoint: Checkpoint, opts: ExportOptions) -> Projection:
@@ -198,38 +214,56 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     log(f"      projected {projection.describe()}{chosen}")
     compression, quantization = opts.compression(), opts.quantization_config()
     pieces = plan(config, whole=opts.whole)
+    drafter = drafter_of(opts, checkpoint)
     kind = "prefill-only" if opts.prefill_only else "stateful"
     precision: dict[str, GroupPrecision] = {}
     tokenizer = opts.convert_tokenizer and has_tokenizer(opts.src)
     with atomic_output_dir(opts.output, opts.overwrite) as tmp:
         work = tmp / ".pieces"
         work.mkdir()
-        paths = []
         what = ", ".join(f"{k}={v}" for k, v in quantization.items())
-        with stage("convert", f"{kind} IR in {len(pieces)} piece(s), {what}"):
+
+        def convert(pieces: list[list[str]], name: str, taps: bool) -> list[Path]:
+            """Each piece traced, bound and saved into `work` (the target's head piece with `drafter_taps`
+            when `taps`)."""
+            paths = []
             for k, units in enumerate(pieces):
                 start = time.perf_counter()
-                m = convert_piece(config, units, first_stateful=k == 0, prefill_only=opts.prefill_only)
+                m = convert_piece(config, units, first_stateful=k == 0, prefill_only=opts.prefill_only,
+                                  taps=taps)
                 bind_weights(m, checkpoint, compression, native=opts.native)
                 for g, p in precision_report(m).items():
                     precision.setdefault(g, GroupPrecision()).add(p)
-                paths.append(work / f"{k:04d}.xml")
+                paths.append(work / f"{name}{k:04d}.xml")
                 ov.save_model(m, paths[-1], compress_to_fp16=False)
                 del m
                 memory.release_memory()
                 log(f"      piece {k + 1}/{len(pieces)} ({units[0]}{'..' + units[-1] if len(units) > 1 else ''}): "
                     f"{time.perf_counter() - start:.1f}s, RSS now {memory.current_rss_mb():,.0f} MB, "
                     f"peak {memory.peak_rss_mb():,.0f} MB")
-        with stage("stitch", f"{len(paths)} piece(s) -> {IR_XML}"):
-            stitch(paths, tmp / IR_XML, labels=[u[0] if len(u) == 1 else f"{u[0]}..{u[-1]}" for u in pieces])
+            return paths
+
+        def join(paths: list[Path], pieces: list[list[str]], xml: str) -> None:
+            stitch(paths, tmp / xml, labels=[u[0] if len(u) == 1 else f"{u[0]}..{u[-1]}" for u in pieces])
             for path in paths:
                 path.unlink()
                 path.with_suffix(".bin").unlink()
+
+        with stage("convert", f"{kind} IR in {len(pieces)} piece(s), {what}"):
+            paths = convert(pieces, "", taps=drafter is not None)
+        with stage("stitch", f"{len(paths)} piece(s) -> {IR_XML}"):
+            join(paths, pieces, IR_XML)
+        with stage("drafter", f"{drafter} -> {DRAFTER_XML}" if drafter else "none (--drafter to export one)"):
+            record = None
+            if drafter:
+                drafters = drafter_plan(config)
+                join(convert(drafters, "drafter", taps=False), drafters, DRAFTER_XML)
+                record = drafter_record(drafter, drafts_per_step=1, taps=TAPS)
             work.rmdir()
         with stage("write", f"{opts.output} (atomically)"):
             write_folder(tmp, opts.src, config,
                          openvino_config(opts.weight_format, opts.prefill_only, quantization, len(pieces), opts.src,
-                                         checkpoint.fmt),
+                                         checkpoint.fmt, record),
                          tokenizer)
     files = {p.name: p.stat().st_size for p in sorted(opts.output.iterdir()) if p.is_file()}
     result = ExportResult(opts.output, files, precision, times, memory.peak_rss_mb(), projection)

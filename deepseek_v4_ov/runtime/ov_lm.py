@@ -44,6 +44,7 @@ class OVCausalLM:
         core = core or ov.Core()
         model = read_ir(model, core)
         self.inputs = {port.get_any_name() for port in model.inputs}
+        self.outputs = {port.get_any_name() for port in model.outputs}
         self.stateful = bool(model.get_sinks())
         self.timings = Timings()
         start = time.perf_counter()
@@ -84,7 +85,11 @@ class OVCausalLM:
         self.last_s = time.perf_counter() - start
         if self.stateful:
             self.past = total
-        return np.array(self.request.get_tensor("logits").data, dtype=np.float32)
+        return self.output("logits")
+
+    def output(self, name: str) -> np.ndarray:
+        """A copy of the output `name` of the last call (FP32)."""
+        return np.array(self.request.get_tensor(name).data, dtype=np.float32)
 
     def greedy(self, input_ids: np.ndarray, new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """Prompt logits `[B, S, V]` and `new_tokens` greedy tokens `[B, N]` (no EOS stop).
