@@ -97,9 +97,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
     p.add_argument("--drafter", choices=DRAFTERS, default=NO_DRAFTER,
-                   help="also export a drafter for speculative decoding (`generate --mtp`): mtp (the checkpoint's "
-                        "MTP block, as openvino_drafter_model.xml), auto (the checkpoint's drafter, if any) or "
-                        "none (default: the target IR alone, unchanged)")
+                   help="also export a drafter for speculative decoding (`generate --mtp` / `--dspark`): mtp "
+                        "(the base release's MTP block) or dspark (the -DSpark/-0731 releases' DSpark stages), as "
+                        "openvino_drafter_model.xml; auto (the checkpoint's drafter, if any) or none (default: the "
+                        "target IR alone, unchanged)")
     p.add_argument("--disable-convert-tokenizer", action="store_true", help="do not write the OpenVINO tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
     p.set_defaults(run=run_export)
@@ -142,7 +143,7 @@ def dry_run_export(opts, check_output: bool) -> None:
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with an exported folder (plain, or speculative with its "
-                                        "drafter: --mtp)")
+                                        "drafter: --mtp or --dspark)")
     p.add_argument("--model", type=Path, required=True, help="an exported folder (deepseek-v4-ov export)")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (encoded with the folder's tokenizer)")
@@ -153,6 +154,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                                                          "with --drafter mtp); greedy")
     spec.add_argument("--dspark", action="store_true", help="speculative decoding drafted by the DSpark drafter "
                                                             "(export with --drafter dspark); greedy")
+    p.add_argument("--confidence-threshold", type=float, default=0.0,
+                   help="--dspark: verify only the drafts whose confidences' running product stays at or above "
+                        "this (default 0: all of the block)")
     p.add_argument("--do-sample", action="store_true", help="sample (plain decoding only; default greedy)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
@@ -185,8 +189,13 @@ def run_generate(args: argparse.Namespace) -> None:
         raise ValueError(f"--json {args.json}: folder {args.json.parent} does not exist")
     if args.threads < 0:
         raise ValueError(f"--threads {args.threads}: must be >= 0")
+    if args.confidence_threshold and drafter != "dspark":
+        raise ValueError("--confidence-threshold: only with --dspark (the DSpark drafter's confidence head)")
+    if not 0.0 <= args.confidence_threshold < 1.0:
+        raise ValueError(f"--confidence-threshold {args.confidence_threshold}: must be in [0, 1)")
     gen = Generator(args.model, drafter, args.device,
-                    {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})})
+                    {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})},
+                    args.confidence_threshold)
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else gen.encode(args.prompt)
     stderr_progress(f"generating {args.max_new_tokens} tokens after {len(ids)} prompt tokens"
                     f"{f' ({drafter} speculative)' if drafter else ''}")

@@ -150,3 +150,83 @@ def test_refusals(toy, exported, runtime, tmp_path, capsys):
     with pytest.raises(CheckpointError, match=f"{seed}: --drafter mtp: the checkpoint has no MTP block"):
         export(seed, tmp_path / "seed", log=lambda line: None, drafter="mtp")
     assert not (tmp_path / "seed").exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# DSpark (the -DSpark/-0731 layout: `toy --drafter dspark`, `export --drafter dspark`)
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dspark_exported(tmp_path_factory):
+    """The `full` geometry in the -0731 layout (3 DSpark stages tapping layers 3-5), exported piece by piece
+    (so the taps travel from layer piece to layer piece) with its drafter, and as one piece without."""
+    from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
+    from toy.presets import PRESETS
+
+    root = tmp_path_factory.mktemp("dspark")
+    model = write_toy(root / "toy", toy_config(PRESETS["full"], drafter="dspark"), seed=4, fmt="fp32")
+    export(root / "toy", root / "ov", log=lambda line: None, drafter="dspark", convert_tokenizer=False)
+    export(root / "toy", root / "ov-plain", log=lambda line: None, convert_tokenizer=False, whole=True)
+    return model.eval(), root
+
+
+def test_dspark_drafter_ir_equals_port(dspark_exported):
+    """Target taps and the drafter IR's drafts, logits and confidences against `dspark_draft`, fed as the
+    loop feeds them (the prompt's taps, then a few committed positions)."""
+    from deepseek_v4_ov.runtime.speculative import DSparkDrafter
+
+    model, root = dspark_exported
+    ids = prompt(PROMPT + 3, seed=33)
+    with torch.no_grad():
+        out = model(ids)
+        cache = model.empty_cache(1)
+        refs = [model.dspark_draft(out.dspark_hidden[:, :PROMPT], ids[:, PROMPT:PROMPT + 1], cache),
+                model.dspark_draft(out.dspark_hidden[:, PROMPT:], out.logits[:, -1:].argmax(-1), cache)]
+    core = ov.Core()
+    target = OVCausalLM(root / "ov", config=F32_CONFIG, core=core)
+    target(ids.numpy())
+    taps = target.output(TAPS)
+    assert np.abs(taps - out.dspark_hidden.numpy()).max() <= TOL
+    drafter = DSparkDrafter(root / "ov" / DRAFTER_XML, core, config=F32_CONFIG)
+    drafter.reset()
+    feeds = [(taps[:, :PROMPT], ids[:, PROMPT:PROMPT + 1].numpy()),
+             (taps[:, PROMPT:], out.logits[:, -1:].argmax(-1).numpy())]
+    for (t, bonus), ref in zip(feeds, refs):
+        drafts, confidence = drafter.propose(t, bonus)
+        assert drafts.tolist() == ref.tokens.tolist()
+        assert np.abs(drafter.request.get_tensor("logits").data - ref.logits.numpy()).max() <= TOL
+        assert np.abs(confidence - ref.confidence.numpy()).max() <= 1e-5  # sigmoid outputs in (0, 1)
+    assert ov.Core().read_model(root / "ov-plain" / "openvino_model.xml").outputs[0].get_any_name() == "logits"
+    assert TAPS not in {o.get_any_name() for o in ov.Core().read_model(root / "ov-plain" / "openvino_model.xml").outputs}
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.6])
+def test_dspark_speculative_equals_plain_greedy(dspark_exported, threshold):
+    """Across the window and ratio-128 boundaries; with a confidence threshold the blocks are cut short
+    (variable verify lengths) and the output is still plain greedy."""
+    from deepseek_v4_ov.runtime.speculative import DSparkDrafter
+
+    model, root = dspark_exported
+    ids = prompt(PROMPT, seed=34)
+    core = ov.Core()
+    target = OVCausalLM(root / "ov", config=F32_CONFIG, core=core)
+    _, plain = target.greedy(ids.numpy(), NEW)
+    drafter = DSparkDrafter(root / "ov" / DRAFTER_XML, core, config=F32_CONFIG, threshold=threshold,
+                            drafts_per_step=model.config.dspark_block_size)
+    tokens, stats = speculative_greedy(target, drafter, ids.numpy(), NEW)
+    assert tokens == plain[0].tolist()
+    assert stats.proposed > 0 and stats.steps < NEW
+    if threshold:
+        assert stats.proposed < model.config.dspark_block_size * len(stats.accepted_per_step)
+
+
+def test_dspark_toy_generates_with_and_without_drafter(dspark_exported, tmp_path):
+    _, root = dspark_exported
+    ids = " ".join(str(t) for t in prompt(20, seed=35)[0].tolist())
+    for folder, flags, name in ((root / "ov", ["--dspark"], "spec"), (root / "ov-plain", [], "plain")):
+        assert cli(["generate", "--model", str(folder), "--prompt-ids", ids, "--max-new-tokens", "24",
+                    "--json", str(tmp_path / f"{name}.json"), *flags]) == 0
+    spec, plain = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("spec", "plain"))
+    assert spec["tokens"] == plain["tokens"] and len(plain["tokens"]) == 24
+    assert spec["drafter"] == "dspark" and "dspark_mean_accepted" in spec and "dspark_acceptance" in spec
+    assert cli(["generate", "--model", str(root / "ov-plain"), "--prompt-ids", ids, "--dspark"]) == 2
+    assert cli(["generate", "--model", str(root / "ov"), "--prompt-ids", ids, "--mtp"]) == 2

@@ -5,10 +5,18 @@ its own weights, traced, and made stateful on its own; `convert/stitch.py` joins
                -> streams [B, S, hc, hidden], positions [B, S], state_init_guard
     layers.i   input_ids, beam_idx, streams, positions, state_init_guard; states `layers.i.*`
                -> streams, state_init_guard (this piece's guard added)
-    head       streams -> logits (and, for a target with a drafter, `drafter_taps`: the final streams)
+    head       streams -> logits (and, for a target with an MTP drafter, `drafter_taps`: the final streams)
     mtp.j      input_ids (token t+1), drafter_taps (the target's final streams at t), beam_idx; states
                `mtp_length`, `mtp.j.*` -> logits (the MTP block's prediction of token t+2), state_init_guard:
                the drafter, a model of its own (`drafter_plan`), with its own copies of `embed` and `head`
+    mtp.0..J   (a DSpark drafter: all stages in one piece) input_ids (the bonus token [B, 1]), drafter_taps
+               (the target's taps of newly committed positions), beam_idx; states `mtp_length`,
+               `mtp.j.context` -> draft_ids [B, K], logits [B, K, vocab], confidence [B, K], state_init_guard
+
+For a target with a DSpark drafter, every piece holding a `dspark_target_layer_ids` layer also outputs
+`drafter_taps`: the taps so far (streams after each target layer, averaged over the hc streams,
+concatenated), read as an input by the next piece holding a target layer (a link, like `streams`); the last
+one is the model's `drafter_taps` output.
 
 A piece of several units runs them in that order inside one trace (the whole model is the one piece of
 all units), so every plan gives the same graph: the same modules under the same official names
@@ -33,8 +41,10 @@ from deepseek_v4_ov.convert.stateful import (
     INPUT_PREFIX, OUTPUT_PREFIX, TAPS, bind_initial_states, chain_guard, make_stateful, make_topk_stable,
     name_ports,
 )
-from deepseek_v4_ov.model.configuration_deepseek_v4 import SLIDING, DeepseekV4Config
-from deepseek_v4_ov.model.modeling_deepseek_v4 import Block, HcHead, MTPBlock, RMSNorm, Rope, linear
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, SLIDING, DeepseekV4Config
+from deepseek_v4_ov.model.modeling_deepseek_v4 import (
+    Block, DSparkStage, HcHead, MTPBlock, RMSNorm, Rope, dspark_absorb, dspark_block, dspark_greedy, linear,
+)
 
 EMBED, HEAD = "embed", "head"
 LENGTHS = ("length", "mtp_length")  # position counters: int32 states
@@ -61,10 +71,18 @@ def plan(config: DeepseekV4Config, whole: bool = False) -> list[list[str]]:
 
 
 def drafter_plan(config: DeepseekV4Config) -> list[list[str]]:
-    """The pieces of the MTP drafter: its one block (`mtp.0`, depth 1), with embed and head of its own."""
-    if not config.num_nextn_predict_layers:
-        raise ValueError("the model has no MTP block (num_nextn_predict_layers is 0)")
+    """The pieces of the drafter, with embed and head of its own: the MTP block `mtp.0` (depth 1), or every
+    DSpark stage in one piece (a block runs through all of them in one call)."""
+    if config.drafter is None:
+        raise ValueError("the model has no drafter (no MTP block, no DSpark stages)")
+    if config.drafter == DSPARK:
+        return [[f"mtp.{j}" for j in range(config.drafter_blocks)]]
     return [["mtp.0"]]
+
+
+def drafter_outputs(config: DeepseekV4Config) -> list[str]:
+    """The drafter IR's outputs before its states: an MTP block's logits, or a DSpark block's drafts."""
+    return ["draft_ids", "logits", "confidence"] if config.drafter == DSPARK else ["logits"]
 
 
 class Piece(nn.Module):
@@ -77,9 +95,14 @@ class Piece(nn.Module):
         self.model_config, self.units = config, units
         self.layer_ids = [int(u.split(".")[1]) for u in units if u.startswith("layers.")]
         self.mtp_ids = [int(u.split(".")[1]) for u in units if u.startswith("mtp.")]
-        if self.mtp_ids and units != [f"mtp.{self.mtp_ids[0]}"]:
-            raise ValueError(f"an MTP block is a piece of its own (the drafter), not part of {units}")
-        self.taps = taps and HEAD in units  # the final streams as the output `drafter_taps`
+        self.dspark = config.drafter == DSPARK
+        if self.mtp_ids and units != (drafter_plan(config)[0] if self.dspark else [f"mtp.{self.mtp_ids[0]}"]):
+            raise ValueError(f"a drafter is a piece of its own ({drafter_plan(config)[0]}), not {units}")
+        # the target's outputs for its drafter: the final streams (MTP), or the DSpark taps of its layers
+        self.taps = taps and HEAD in units and not self.dspark
+        tap_ids = config.dspark_target_layer_ids if taps and self.dspark else []
+        self.tap_layers = [i for i in self.layer_ids if i in tap_ids]
+        self.taps_in = [i for i in tap_ids if self.tap_layers and i < self.tap_layers[0]]  # taps read as input
         self.model = nn.Module()
         if EMBED in units or self.mtp_ids:
             self.model.embed = nn.Embedding(config.vocab_size, hd)
@@ -88,7 +111,10 @@ class Piece(nn.Module):
                 {str(i): Block(config, config.layer_ratios[i], hashed=i < config.num_hash_layers)
                  for i in self.layer_ids})
         if self.mtp_ids:
-            self.model.mtp = nn.ModuleDict({str(j): MTPBlock(config, config.mtp_ratios[j]) for j in self.mtp_ids})
+            last = config.drafter_blocks - 1
+            self.model.mtp = nn.ModuleDict(
+                {str(j): DSparkStage(config, config.mtp_ratios[j], j == 0, j == last) if self.dspark
+                 else MTPBlock(config, config.mtp_ratios[j]) for j in self.mtp_ids})
             self.model.head = linear(hd, config.vocab_size)
         if HEAD in units:
             self.model.norm = RMSNorm(hd, config.rms_norm_eps)
@@ -114,11 +140,15 @@ class Piece(nn.Module):
         first = ["input_ids", "attention_mask", "position_ids"] if EMBED in self.units else (
             ["input_ids", TAPS] if self.mtp_ids else
             ["input_ids", "streams", "positions"] if self.layer_ids else ["streams"])
-        return first + [INPUT_PREFIX + s for s in states]
+        return first + ([TAPS] if self.taps_in else []) + [INPUT_PREFIX + s for s in states]
 
     def output_names(self, states: list[str]) -> list[str]:
-        first = (["logits", TAPS] if self.taps else ["logits"]) if HEAD in self.units or self.mtp_ids else (
-            ["streams", "positions"] if EMBED in self.units else ["streams"])
+        if self.mtp_ids:
+            first = drafter_outputs(self.model_config)
+        else:
+            first = ["logits"] if HEAD in self.units else (["streams", "positions"] if EMBED in self.units
+                                                           else ["streams"])
+            first += [TAPS] if self.taps or self.tap_layers else []
         return first + [OUTPUT_PREFIX + s for s in states]
 
     def take_weights_as_inputs(self, names: list[str]) -> None:
@@ -152,6 +182,11 @@ class Piece(nn.Module):
         x = dict(zip(names, args, strict=True))
         state = {n: x[n] for n in self._states}
         m, c = self.model, self.model_config
+        if self.mtp_ids and self.dspark:  # DeepseekV4ForCausalLM.dspark_draft, on the drafter's own states
+            stages, rope, bonus = [m.mtp[str(j)] for j in self.mtp_ids], self._ropes[SLIDING], x["input_ids"]
+            dspark_absorb(stages, rope, x[TAPS], state)
+            h, base = dspark_block(stages, m.embed, m.head, rope, c, bonus, state)
+            return (*dspark_greedy(stages[-1], h, base, bonus), *(state[n] for n in self._states))
         if self.mtp_ids:  # DeepseekV4ForCausalLM.mtp_logits, on the drafter's own states
             (prefix, block), ids = self.blocks()[0], x["input_ids"]
             positions = _advance(state, "mtp_length", ids)
@@ -164,13 +199,17 @@ class Piece(nn.Module):
             streams = m.embed(ids).unsqueeze(2).expand(-1, -1, c.hc_mult, -1).contiguous()
         else:
             streams, positions = x["streams"], x.get("positions")
-        for prefix, block in self.blocks():
+        taps = x[TAPS] if self.taps_in else None
+        for i, (prefix, block) in zip(self.layer_ids, self.blocks()):
             streams = block(streams, positions, x["input_ids"], self._ropes[block.ratio], state, prefix + ".")
+            if i in self.tap_layers:  # DeepseekV4Model.forward's dspark_hidden, one layer at a time
+                tap = streams.float().mean(2)
+                taps = tap if taps is None else torch.cat((taps, tap), -1)
         if HEAD in self.units:
-            logits = self._logits(streams, m, m.norm)
-            first = (logits, streams) if self.taps else (logits,)
+            first = (self._logits(streams, m, m.norm),)
         else:
             first = (streams, positions) if EMBED in self.units else (streams,)
+        first += (streams,) if self.taps else (taps,) if self.tap_layers else ()
         return (*first, *(state[n] for n in self._states))
 
     def _logits(self, streams: torch.Tensor, owner: nn.Module, norm: RMSNorm) -> torch.Tensor:
@@ -226,8 +265,11 @@ def placeholder_piece(config: DeepseekV4Config, units: list[str], taps: bool = F
         real[name] = (shape, t.dtype)
         if name.endswith(("ffn.gate.weight", "ffn.gate.bias")):
             shape = (small, *shape[1:])
-        if name in ("head.weight", "embed.weight"):  # a matmul/lookup would copy a zero-stride stand-in
-            shape = (min(shape[0], TRACE_VOCAB), *shape[1:])  # of the whole vocabulary
+        if name in ("head.weight", "embed.weight") or ".markov_head." in name:  # a matmul/lookup would copy
+            rows = TRACE_VOCAB  # a zero-stride stand-in of the whole vocabulary
+            if name == "embed.weight" and piece.dspark and piece.mtp_ids:  # the block embeds the noise token
+                rows = max(rows, config.dspark_noise_token_id + 1)
+            shape = (min(shape[0], rows), *shape[1:])
         stand_in[name] = (torch.randint(0, small, shape) if name.endswith("tid2eid")
                           else torch.zeros((), dtype=t.dtype).expand(shape))
     for name, value in stand_in.items():  # assigned directly: the cut router and head differ in shape
@@ -260,10 +302,13 @@ def _example(piece: Piece, config: DeepseekV4Config) -> tuple[torch.Tensor, ...]
         warm_ids = torch.randint(2, min(config.vocab_size, TRACE_VOCAB), (1, TRACE_TOKENS), generator=g)
         if EMBED in piece.units:
             warm = (warm_ids, torch.ones_like(warm_ids), torch.arange(TRACE_TOKENS)[None])
+        elif piece.mtp_ids and piece.dspark:
+            warm = (warm_ids[:, -1:], _taps(1, TRACE_TOKENS, len(config.dspark_target_layer_ids), hd, g))
         else:
             warm_streams = torch.randn(1, TRACE_TOKENS, hc, hd, generator=g)
             warm = (warm_ids, warm_streams) if piece.mtp_ids else (
                 (warm_ids, warm_streams, torch.arange(TRACE_TOKENS)[None]) if piece.layer_ids else (warm_streams,))
+        warm += (_taps(1, TRACE_TOKENS, len(piece.taps_in), hd, g),) if piece.taps_in else ()
         empty = piece.empty_state(1)
         out = piece(*warm, *empty.values())
         state = dict(zip(empty, out[len(out) - len(empty):]))
@@ -273,16 +318,31 @@ def _example(piece: Piece, config: DeepseekV4Config) -> tuple[torch.Tensor, ...]
     streams = torch.randn(TRACE_BATCH, TRACE_NEW, hc, hd, generator=g)
     if EMBED in piece.units:
         first = (ids, torch.ones(TRACE_BATCH, TRACE_TOKENS + TRACE_NEW, dtype=torch.long), pos)
+    elif piece.mtp_ids and piece.dspark:
+        first = (ids[:, :1], _taps(TRACE_BATCH, TRACE_NEW, len(config.dspark_target_layer_ids), hd, g))
     else:
         first = (ids, streams) if piece.mtp_ids else (ids, streams, pos) if piece.layer_ids else (streams,)
+    first += (_taps(TRACE_BATCH, TRACE_NEW, len(piece.taps_in), hd, g),) if piece.taps_in else ()
     return (*first, *batch.values())
+
+
+def _taps(batch: int, seq: int, layers: int, hidden: int, g: torch.Generator) -> torch.Tensor:
+    """Example DSpark taps of `layers` target layers."""
+    return torch.randn(batch, seq, layers * hidden, generator=g)
 
 
 def _input_specs(piece: Piece, config: DeepseekV4Config) -> list[tuple[ov.PartialShape, ov.Type]]:
     seq = (ov.PartialShape([-1, -1]), ov.Type.i64)
     streams = (ov.PartialShape([-1, -1, config.hc_mult, config.hidden_size]), ov.Type.f32)
-    first = [seq, seq, seq] if EMBED in piece.units else (
-        [seq, streams] if piece.mtp_ids else [seq, streams, seq] if piece.layer_ids else [streams])
+    def taps(layers: int) -> tuple[ov.PartialShape, ov.Type]:
+        return ov.PartialShape([-1, -1, layers * config.hidden_size]), ov.Type.f32
+
+    if piece.mtp_ids and piece.dspark:
+        first = [seq, taps(len(config.dspark_target_layer_ids))]
+    else:
+        first = [seq, seq, seq] if EMBED in piece.units else (
+            [seq, streams] if piece.mtp_ids else [seq, streams, seq] if piece.layer_ids else [streams])
+    first += [taps(len(piece.taps_in))] if piece.taps_in else []
     specs = []
     for name, empty in piece.empty_state(1).items():
         # dynamic: batch, and the row axis of growing states (size 0 when empty); fixed: everything else

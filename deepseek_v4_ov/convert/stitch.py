@@ -1,7 +1,7 @@
 """Join piece IRs (`convert/pieces.py`) at the file level into one IR, without loading a weight.
 
 XML: the pieces' graphs are merged in order; a piece's Parameter named like an earlier piece's link output
-(`streams`, `positions`, `state_init_guard`) is replaced by that output, and one named like a model input
+(`streams`, `positions`, `state_init_guard`, a DSpark target's `drafter_taps`) is replaced by that output, and one named like a model input
 is merged into it. Outputs keep the whole-model order (logits first).
 
 .bin: canonical. Every constant's bytes are hashed; identical blobs are stored once (within and across
@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from deepseek_v4_ov.convert.pieces import LINKS
-from deepseek_v4_ov.convert.stateful import GUARD_NAME
+from deepseek_v4_ov.convert.stateful import GUARD_NAME, TAPS
 
 _CHUNK = 16 << 20
 
@@ -73,7 +73,7 @@ def stitch(pieces: list[Path], xml_out: Path, labels: list[str] | None = None) -
     are copied file to file, never loaded. With `labels` (one per piece, e.g. "layers.3"), the link tensors
     between pieces keep a name, `<label>.<link>` ("layers.3.streams"), so that a per-layer check can read
     them from the shipped graph (`eval/parity.layer_drift`)."""
-    links = (*LINKS, GUARD_NAME)
+    links = (*LINKS, GUARD_NAME, TAPS)  # TAPS: the DSpark taps so far, from piece to piece
     net, rt = None, None
     layers_out: list[ET.Element] = []
     edges_out: list[tuple[str, str, str, str]] = []

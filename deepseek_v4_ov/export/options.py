@@ -8,12 +8,14 @@ from typing import Any
 
 from deepseek_v4_ov.compress.native import NATIVE, check_native_options
 from deepseek_v4_ov.compress.policy import CompressionOptions
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP
 
 AUTO = "auto"
-MTP, NO_DRAFTER = "mtp", "none"
-DRAFTERS = (AUTO, MTP, NO_DRAFTER)
-"""`--drafter`: `mtp` exports the checkpoint's MTP block as the drafter IR (and the target's `drafter_taps`
-output), `auto` the checkpoint's drafter if it has one, `none` (the default) the target alone."""
+NO_DRAFTER = "none"
+DRAFTERS = (AUTO, MTP, DSPARK, NO_DRAFTER)
+"""`--drafter`: `mtp` / `dspark` export the checkpoint's MTP block / DSpark stages as the drafter IR (and
+the target's `drafter_taps` output), `auto` the checkpoint's drafter if it has one, `none` (the default)
+the target alone."""
 RELEASE_DEFAULT_FORMAT = "int4"
 """`auto` for a release-layout (FP8/FP4) source: the runnable 4-bit format (as optimum-cli defaults large
 models to int8); sources in BF16/FP32 (the toys) keep fp32."""
@@ -55,17 +57,19 @@ class ExportOptions:
             object.__setattr__(self, "weight_format", AUTO)
         if self.drafter not in DRAFTERS:
             raise ValueError(f"--drafter {self.drafter}: choose one of {', '.join(DRAFTERS)}")
-        if self.prefill_only and self.drafter == MTP:
-            raise ValueError("--drafter mtp needs the stateful IR (the drafter keeps state); not with --prefill-only")
+        if self.prefill_only and self.drafter in (MTP, DSPARK):
+            raise ValueError(f"--drafter {self.drafter} needs the stateful IR (the drafter keeps state); not "
+                             "with --prefill-only")
 
-    def drafter_for(self, mtp_blocks: int) -> str | None:
-        """The drafter to export for a checkpoint with `mtp_blocks` MTP blocks: "mtp" or None. `auto` is
-        the checkpoint's (none for a prefill-only export); an explicit `mtp` the checkpoint lacks raises
-        ValueError."""
-        if self.drafter == MTP and not mtp_blocks:
-            raise ValueError("--drafter mtp: the checkpoint has no MTP block (num_nextn_predict_layers is 0)")
-        if self.drafter == MTP or (self.drafter == AUTO and mtp_blocks and not self.prefill_only):
-            return MTP
+    def drafter_for(self, has: str | None) -> str | None:
+        """The drafter to export for a checkpoint whose drafter is `has` ("mtp", "dspark" or None, its
+        `config.drafter`): "mtp", "dspark" or None. `auto` is the checkpoint's (none for a prefill-only
+        export); an explicit drafter the checkpoint lacks raises ValueError."""
+        if self.drafter in (MTP, DSPARK) and has != self.drafter:
+            found = {MTP: "an MTP block", DSPARK: "a DSpark drafter", None: "no drafter"}[has]
+            raise ValueError(f"--drafter {self.drafter}: the checkpoint has {found}")
+        if self.drafter in (MTP, DSPARK) or (self.drafter == AUTO and not self.prefill_only):
+            return has
         return None
 
     @property

@@ -9,8 +9,8 @@ optimum-intel (`OVModelForCausalLM`, trust_remote_code) and OpenVINO GenAI load.
     compress    compress/policy (NNCF, the release-mirroring precision policy) or compress/native (the
                 release's own codes), per piece; the piece is saved and its memory given back
     stitch      convert/stitch: the pieces joined at the file level into openvino_model.xml/.bin
-    drafter     with `drafter`: the MTP block traced, compressed and stitched the same way into
-                openvino_drafter_model.xml/.bin, and the target gets the output `drafter_taps`
+    drafter     with `drafter`: the MTP block (or the DSpark stages) traced, compressed and stitched the
+                same way into openvino_drafter_model.xml/.bin, and the target gets the output `drafter_taps`
     save        export/folder: config, generation config, openvino_config.json, bundled files, tokenizer
 
 All of it happens in a temporary folder beside OUTPUT that replaces OUTPUT atomically when complete
@@ -46,6 +46,7 @@ from deepseek_v4_ov.export.folder import (
     tokenizer_only, write_folder,
 )
 from deepseek_v4_ov.export.options import ExportOptions
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK
 
 STAGES = ("validate", "convert", "stitch", "drafter", "write")
 
@@ -149,10 +150,10 @@ def resolve(opts: ExportOptions, checkpoint: Checkpoint) -> tuple[ExportOptions,
 
 
 def drafter_of(opts: ExportOptions, checkpoint: Checkpoint) -> str | None:
-    """The drafter this export writes ("mtp" or None); a drafter the checkpoint lacks is a CheckpointError
+    """The drafter this export writes ("mtp", "dspark" or None); a drafter the checkpoint lacks is a CheckpointError
     naming SRC."""
     try:
-        return opts.drafter_for(checkpoint.config.num_nextn_predict_layers)
+        return opts.drafter_for(checkpoint.config.drafter)
     except ValueError as err:
         raise CheckpointError(f"{opts.src}: {err}") from err
 
@@ -258,7 +259,7 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
             if drafter:
                 drafters = drafter_plan(config)
                 join(convert(drafters, "drafter", taps=False), drafters, DRAFTER_XML)
-                record = drafter_record(drafter, drafts_per_step=1, taps=TAPS)
+                record = drafter_record(drafter, config.dspark_block_size if drafter == DSPARK else 1, TAPS)
             work.rmdir()
         with stage("write", f"{opts.output} (atomically)"):
             write_folder(tmp, opts.src, config,

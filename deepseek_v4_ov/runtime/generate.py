@@ -25,9 +25,9 @@ import numpy as np
 import openvino as ov
 
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
-from deepseek_v4_ov.runtime.speculative import MTPDrafter, SpeculativeStats, speculative_greedy
+from deepseek_v4_ov.runtime.speculative import DSparkDrafter, MTPDrafter, SpeculativeStats, speculative_greedy
 
-DRAFTERS = {"mtp": MTPDrafter}  # openvino_config.json's drafter kind -> its runtime
+DRAFTERS = {"mtp": MTPDrafter, "dspark": DSparkDrafter}  # openvino_config.json's drafter kind -> its runtime
 PROGRESS_EVERY_S = 2.0
 
 
@@ -143,14 +143,15 @@ class Generator:
     """A compiled exported folder (target, and the drafter when `drafter` is given) with its tokenizer."""
 
     def __init__(self, folder: str | Path, drafter: str | None = None, device: str = "CPU",
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, threshold: float = 0.0) -> None:
         folder = Path(folder)
         record, self.vocab = self.check_folder(folder, drafter)
         self.folder, self.drafter_kind = folder, drafter
         config = F32_CONFIG if config is None else config
         core = ov.Core()
         self.target = OVCausalLM(folder, device, config, core)
-        self.drafter = DRAFTERS[drafter](folder / record["ir"], core, device, config) if drafter else None
+        options = {"threshold": threshold, "drafts_per_step": record["drafts_per_step"]} if drafter == "dspark" else {}
+        self.drafter = DRAFTERS[drafter](folder / record["ir"], core, device, config, **options) if drafter else None
         self.eos = self._eos(folder)
         self._tokenizer = None
 

@@ -22,7 +22,7 @@ tokens per call.
 
 The drafter only ever sees committed positions (the target's `drafter_taps` of a committed position t and
 the committed token t+1), so it is never rolled back. `Drafter` is what a loop needs of one: `MTPDrafter`
-(the MTP block, one draft per step) is the first; a drafter of K drafts per step plugs in unchanged.
+(the MTP block, one draft per step) and `DSparkDrafter` (a DSpark block, K drafts per step).
 """
 
 from __future__ import annotations
@@ -79,6 +79,34 @@ class MTPDrafter:
         draft = last.argmax(-1)
         p = np.exp(last - last.max(-1, keepdims=True))
         return draft[:, None].astype(np.int64), (p.max(-1) / p.sum(-1))[:, None]
+
+
+class DSparkDrafter:
+    """The exported DSpark stages (openvino_drafter_model.xml): one call absorbs the taps of the newly
+    committed positions into the stages' context rings and drafts K tokens after the bonus (the last of
+    `next_ids`). Drafts past the point where the running product of the confidences (the drafter's estimate
+    that every draft so far is accepted) falls below `threshold` are not proposed (0, the default: all K,
+    so every verify call has the same length, which the CPU plugin runs fastest)."""
+
+    def __init__(self, model: ov.Model | str | Path, core: ov.Core, device: str = "CPU",
+                 config: dict | None = None, threshold: float = 0.0, drafts_per_step: int = 5) -> None:
+        model = core.read_model(model) if not isinstance(model, ov.Model) else model
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"--confidence-threshold {threshold}: must be in [0, 1)")
+        self.drafts_per_step = drafts_per_step  # the block size (openvino_config.json's drafter record)
+        self.request = core.compile_model(model, device, config or {}).create_infer_request()
+        self.beam, self.threshold = np.zeros(1, dtype=np.int32), threshold
+
+    def reset(self) -> None:
+        self.request.reset_state()
+
+    def propose(self, taps: np.ndarray, next_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.request.infer({"input_ids": np.ascontiguousarray(next_ids[:, -1:], dtype=np.int64),
+                            TAPS: np.ascontiguousarray(taps), "beam_idx": self.beam})
+        drafts = np.array(self.request.get_tensor("draft_ids").data, dtype=np.int64)
+        confidence = np.array(self.request.get_tensor("confidence").data, dtype=np.float64)
+        keep = int(np.argmin(np.append(np.cumprod(confidence[0]) >= self.threshold, False)))
+        return drafts[:, :keep], confidence[:, :keep]
 
 
 class StateSnapshot:
