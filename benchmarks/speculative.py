@@ -1,17 +1,19 @@
-"""Plain greedy decode against MTP speculative decode (`generate --mtp`) on the `trained-full` toy, FP32 IR,
-f32 hint, in one run, side by side.
+"""Plain greedy decode against MTP-1 and DSpark speculative decode (`generate --mtp` / `--dspark`) on the
+`trained-full` toy (its own MTP block; its DSpark drafter, `toy --drafter dspark`), FP32 IR, f32 hint, in one
+run, side by side.
 
     .venv/bin/python benchmarks/speculative.py [--prompts 4] [--prompt-length 120] [--new-tokens 128]
                                                [--repeats 3] [--threads N] [--json FILE]
 
-The trained toy is written and exported twice (the plain target, and the target with its MTP drafter:
-`export --drafter mtp`) into --workdir, reused when present. Prompts are windows of held-out Python source
-(toy/trained/heldout.txt, never trained on). Each (repeat, prompt) runs plain then speculative decoding,
+The trained toy is written and exported three times (the plain target; with its MTP drafter, `export
+--drafter mtp`; in the -0731 layout with its DSpark drafter, `export --drafter dspark`) into --workdir, reused
+when present. Prompts are windows of held-out Python source
+(toy/trained/heldout.txt, never trained on). Each (repeat, prompt) runs plain, then MTP, then DSpark decoding,
 back to back, after one unmeasured warm-up of each; both give the same tokens (checked). Decode tokens/s
 counts the tokens after the first over the time after it (`runtime/generate.py`). The table gives the median
 over all runs of each mode, the best run of each, the median of the per-run ratios, the same on CPU time
 (tokens per CPU second of this process: the figure other processes' load moves least; with --threads 1 it
-is the work done), the MTP acceptance, and what the snapshot of the target's states costs. Last, the target's
+is the work done), each drafter's acceptance and mean accepted drafts per step, and what the snapshot of the target's states costs. Last, the target's
 cost per call (CPU ms, median) by call length: constant 1, constant 2, and alternating 2/3 (what a
 verify call of varying length pays on the CPU plugin).
 """
@@ -40,14 +42,15 @@ from toy.trained import heldout_windows  # noqa: E402
 PRESET = "trained-full"
 
 
-def ensure_trained(workdir: Path) -> Path:
-    folder = workdir / PRESET
+def ensure_trained(workdir: Path, drafter: str | None = None) -> Path:
+    """The trained toy with its own drafter (MTP), or with `drafter` ("dspark") in its place."""
+    folder = workdir / (PRESET + (f"-{drafter}" if drafter else ""))
     if not (folder / "config.json").is_file():
         workdir.mkdir(parents=True, exist_ok=True)
         rc, wall, _, out = run_child([python_main(), "-m", "deepseek_v4_ov.cli", "toy", str(folder), "--preset",
-                                      PRESET, "--overwrite"])
+                                      PRESET, "--overwrite", *(["--drafter", drafter] if drafter else [])])
         if rc:
-            raise RuntimeError(f"writing {PRESET} failed:\n{out[-4000:]}")
+            raise RuntimeError(f"writing {folder.name} failed:\n{out[-4000:]}")
         print(f"  wrote {folder} in {wall:.1f}s", flush=True)
     return folder
 
@@ -86,72 +89,84 @@ def main() -> None:
     print(machine_line(info), flush=True)
     src = ensure_trained(args.workdir)
     plain_dir = ensure_export(args.workdir, src, "fp32")
-    mtp_dir = ensure_export(args.workdir, src, "fp32", drafter="mtp")
+    dirs = {"mtp": ensure_export(args.workdir, src, "fp32", drafter="mtp"),
+            "dspark": ensure_export(args.workdir, ensure_trained(args.workdir, "dspark"), "fp32", drafter="dspark")}
     prompts = [w[0].tolist() for w in heldout_windows(load_hf_tokenizer(src), args.prompts, args.prompt_length)]
     config = {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})}
-    plain, spec = Generator(plain_dir, config=config), Generator(mtp_dir, drafter="mtp", config=config)
-    for gen in (plain, spec):  # warm-up: first calls of each input shape
+    plain = Generator(plain_dir, config=config)
+    spec = {mode: Generator(folder, drafter=mode, config=config) for mode, folder in dirs.items()}
+    for gen in (plain, *spec.values()):  # warm-up: first calls of each input shape
         gen.generate(prompts[0], args.new_tokens, stop_at_eos=False)
     runs = []
     for repeat in range(args.repeats):
         for k, ids in enumerate(prompts):
             a = plain.generate(ids, args.new_tokens, stop_at_eos=False)
-            b = spec.generate(ids, args.new_tokens, stop_at_eos=False)
-            if a.tokens != b.tokens:
-                raise AssertionError(f"prompt {k}: speculative tokens differ from plain greedy")
-            s = b.stats
-            runs.append({"repeat": repeat, "prompt": k, "plain_tokens_per_s": a.tokens_per_s,
-                         "mtp_tokens_per_s": b.tokens_per_s, "ratio": b.tokens_per_s / a.tokens_per_s,
-                         "plain_tokens_per_cpu_s": a.tokens_per_cpu_s, "mtp_tokens_per_cpu_s": b.tokens_per_cpu_s,
-                         "cpu_ratio": b.tokens_per_cpu_s / a.tokens_per_cpu_s,
-                         "plain_ttft_s": a.ttft_s, "mtp_ttft_s": b.ttft_s, "steps": s.steps,
-                         "proposed": s.proposed, "accepted": s.accepted, "decode_s": b.decode_s,
-                         "drafter_s": s.drafter_s, "snapshot_s": s.snapshot_s, "saves": s.snapshot_saves,
-                         "restores": s.snapshot_restores, "snapshot_bytes": s.snapshot_bytes})
-            print(f"  repeat {repeat} prompt {k}: plain {a.tokens_per_s:.1f} tok/s, mtp {b.tokens_per_s:.1f} tok/s "
-                  f"(x{runs[-1]['ratio']:.2f}; per CPU second x{runs[-1]['cpu_ratio']:.2f}), acceptance "
-                  f"{s.acceptance:.3f}", flush=True)
+            for mode, gen in spec.items():
+                b = gen.generate(ids, args.new_tokens, stop_at_eos=False)
+                if a.tokens != b.tokens:
+                    raise AssertionError(f"prompt {k}: {mode} speculative tokens differ from plain greedy")
+                s = b.stats
+                runs.append({"mode": mode, "repeat": repeat, "prompt": k, "plain_tokens_per_s": a.tokens_per_s,
+                             "tokens_per_s": b.tokens_per_s, "ratio": b.tokens_per_s / a.tokens_per_s,
+                             "plain_tokens_per_cpu_s": a.tokens_per_cpu_s, "tokens_per_cpu_s": b.tokens_per_cpu_s,
+                             "cpu_ratio": b.tokens_per_cpu_s / a.tokens_per_cpu_s,
+                             "plain_ttft_s": a.ttft_s, "ttft_s": b.ttft_s, "steps": s.steps,
+                             "proposed": s.proposed, "accepted": s.accepted, "decode_s": b.decode_s,
+                             "drafter_s": s.drafter_s, "snapshot_s": s.snapshot_s, "saves": s.snapshot_saves,
+                             "restores": s.snapshot_restores, "snapshot_bytes": s.snapshot_bytes})
+                print(f"  repeat {repeat} prompt {k}: plain {a.tokens_per_s:.1f} tok/s, {mode} {b.tokens_per_s:.1f} "
+                      f"tok/s (x{runs[-1]['ratio']:.2f}; per CPU second x{runs[-1]['cpu_ratio']:.2f}), acceptance "
+                      f"{s.acceptance:.3f}", flush=True)
+    summary = {mode: summarize([r for r in runs if r["mode"] == mode]) for mode in spec}
+    print()
+    threads = f"{args.threads} thread(s)" if args.threads else "default threads"
+    print(f"`{PRESET}`, FP32 IR, f32 hint, {threads}, {args.prompts} held-out prompts of {args.prompt_length} tokens, "
+          f"{args.new_tokens} new tokens, {args.repeats} repeats; {machine_line(info)}")
+    first = summary["mtp"]
+    rows = [["plain greedy", f"{first['plain_tokens_per_s']:.1f}", "1.00", f"{first['plain_best_tokens_per_s']:.1f}",
+             "1.00", f"{first['plain_tokens_per_cpu_s']:.1f}", "1.00"]]
+    for mode, label in (("mtp", "--mtp (MTP-1 speculative)"), ("dspark", "--dspark (DSpark block of 5)")):
+        m = summary[mode]
+        rows.append([label, f"{m['tokens_per_s']:.1f}", f"{m['ratio_of_medians']:.2f}", f"{m['best_tokens_per_s']:.1f}",
+                     f"{m['ratio_of_best']:.2f}", f"{m['tokens_per_cpu_s']:.1f}",
+                     f"{m['median_ratio']:.2f} / {m['median_cpu_ratio']:.2f}"])
+    print(table(["decode", "tokens/s (median)", "x plain", "tokens/s (best run)", "x plain",
+                 "tokens per CPU s (median)", "median per-run x plain (wall / CPU)"], rows))
+    print(table(["drafter", "acceptance (drafts)", "mean accepted per step", "tokens per target call",
+                 "drafter ms/step", "snapshot ms/step", "snapshot share of decode", "snapshot size",
+                 "restores per step"], [[
+        mode, f"{m['acceptance']:.3f}", f"{m['mean_accepted']:.2f}", f"{m['tokens_per_step']:.2f}",
+        f"{m['drafter_ms_per_step']:.2f}", f"{m['snapshot_ms_per_step']:.3f}",
+        f"{100 * m['snapshot_share_of_decode']:.2f}%", f"{m['snapshot_bytes'] / 1e3:.1f} kB",
+        f"{m['restores_per_step']:.2f}"] for mode, m in summary.items()]))
+    costs = call_costs(plain_dir, config, prompts[0])
+    print(table(["target call of", "1 token", "2 tokens", "2 and 3 tokens alternating"], [[
+        "CPU ms (median)", *(f"{costs[k]:.2f}" for k in ("1", "2", "2/3"))]]))
+    write_json(args.json, {"machine": info, "command": " ".join(sys.argv), "args": {
+        k: str(v) for k, v in vars(args).items()}, "summary": summary, "call_cpu_ms": costs, "runs": runs})
+
+
+def summarize(runs: list[dict]) -> dict[str, float]:
+    """One drafter's runs: medians, best runs, ratios to plain, acceptance, what the loop spent."""
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     total = lambda key: sum(r[key] for r in runs)  # noqa: E731
     best = lambda key: max(r[key] for r in runs)  # noqa: E731
-    acceptance = total("accepted") / total("proposed")
-    summary = {
-        "plain_tokens_per_s": med("plain_tokens_per_s"), "mtp_tokens_per_s": med("mtp_tokens_per_s"),
-        "ratio_of_medians": med("mtp_tokens_per_s") / med("plain_tokens_per_s"), "median_ratio": med("ratio"),
-        "plain_best_tokens_per_s": best("plain_tokens_per_s"), "mtp_best_tokens_per_s": best("mtp_tokens_per_s"),
-        "ratio_of_best": best("mtp_tokens_per_s") / best("plain_tokens_per_s"),
-        "plain_tokens_per_cpu_s": med("plain_tokens_per_cpu_s"), "mtp_tokens_per_cpu_s": med("mtp_tokens_per_cpu_s"),
+    return {
+        "plain_tokens_per_s": med("plain_tokens_per_s"), "tokens_per_s": med("tokens_per_s"),
+        "ratio_of_medians": med("tokens_per_s") / med("plain_tokens_per_s"), "median_ratio": med("ratio"),
+        "plain_best_tokens_per_s": best("plain_tokens_per_s"), "best_tokens_per_s": best("tokens_per_s"),
+        "ratio_of_best": best("tokens_per_s") / best("plain_tokens_per_s"),
+        "plain_tokens_per_cpu_s": med("plain_tokens_per_cpu_s"), "tokens_per_cpu_s": med("tokens_per_cpu_s"),
         "median_cpu_ratio": med("cpu_ratio"),
-        "mtp_acceptance": acceptance, "tokens_per_step": (total("accepted") + total("steps")) / total("steps"),
+        "acceptance": total("accepted") / total("proposed"),
+        "mean_accepted": total("accepted") / total("steps"),
+        "tokens_per_step": (total("accepted") + total("steps")) / total("steps"),
         "snapshot_ms_per_step": 1e3 * total("snapshot_s") / total("steps"),
         "snapshot_share_of_decode": total("snapshot_s") / total("decode_s"),
         "snapshot_bytes": max(r["snapshot_bytes"] for r in runs),
         "drafter_ms_per_step": 1e3 * total("drafter_s") / total("steps"),
         "restores_per_step": total("restores") / total("steps"),
     }
-    print()
-    threads = f"{args.threads} thread(s)" if args.threads else "default threads"
-    print(f"`{PRESET}`, FP32 IR, f32 hint, {threads}, {args.prompts} held-out prompts of {args.prompt_length} tokens, "
-          f"{args.new_tokens} new tokens, {args.repeats} repeats; {machine_line(info)}")
-    print(table(["decode", "tokens/s (median)", "x plain", "tokens/s (best run)", "x plain",
-                 "tokens per CPU s (median)", "median per-run x plain (wall / CPU)"], [
-        ["plain greedy", f"{summary['plain_tokens_per_s']:.1f}", "1.00", f"{summary['plain_best_tokens_per_s']:.1f}",
-         "1.00", f"{summary['plain_tokens_per_cpu_s']:.1f}", "1.00"],
-        ["--mtp (MTP-1 speculative)", f"{summary['mtp_tokens_per_s']:.1f}", f"{summary['ratio_of_medians']:.2f}",
-         f"{summary['mtp_best_tokens_per_s']:.1f}", f"{summary['ratio_of_best']:.2f}",
-         f"{summary['mtp_tokens_per_cpu_s']:.1f}",
-         f"{summary['median_ratio']:.2f} / {summary['median_cpu_ratio']:.2f}"],
-    ]))
-    print(table(["MTP acceptance", "tokens per target call", "drafter ms/step", "snapshot ms/step",
-                 "snapshot share of decode", "snapshot size", "restores per step"], [[
-        f"{acceptance:.3f}", f"{summary['tokens_per_step']:.2f}", f"{summary['drafter_ms_per_step']:.2f}",
-        f"{summary['snapshot_ms_per_step']:.3f}", f"{100 * summary['snapshot_share_of_decode']:.2f}%",
-        f"{summary['snapshot_bytes'] / 1e3:.1f} kB", f"{summary['restores_per_step']:.2f}"]]))
-    costs = call_costs(plain_dir, config, prompts[0])
-    print(table(["target call of", "1 token", "2 tokens", "2 and 3 tokens alternating"], [[
-        "CPU ms (median)", *(f"{costs[k]:.2f}" for k in ("1", "2", "2/3"))]]))
-    write_json(args.json, {"machine": info, "command": " ".join(sys.argv), "args": {
-        k: str(v) for k, v in vars(args).items()}, "summary": summary, "call_cpu_ms": costs, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ class Piece(nn.Module):
         if self.mtp_ids:  # DeepseekV4ForCausalLM.mtp_logits, on the drafter's own states
             (prefix, block), ids = self.blocks()[0], x["input_ids"]
             positions = _advance(state, "mtp_length", ids)
-            h = block.e_proj(block.enorm(m.embed(ids))).unsqueeze(2) + block.h_proj(block.hnorm(x[TAPS]))
+            h = block.combine(m.embed(ids), x[TAPS])
             h = block(h, positions, ids, self._ropes[block.ratio], state, prefix + ".")
             return (self._logits(h, block, block.norm), *(state[n] for n in self._states))
         if EMBED in self.units:

@@ -840,6 +840,11 @@ class MTPBlock(Block):
         self.norm = RMSNorm(hd, config.rms_norm_eps)
         HcHead.add_parameters(self, n, hd)
 
+    def combine(self, embedded: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
+        """The block's input streams: the embedding of token t+1 `[B, S, hidden]` (enorm, e_proj) added to
+        each of the main model's final streams at t `[B, S, hc_mult, hidden]` (hnorm, h_proj)."""
+        return self.e_proj(self.enorm(embedded)).unsqueeze(2) + self.h_proj(self.hnorm(streams))
+
 
 class MarkovHead(nn.Module):
     """DSpark's bigram correction: draft k's logits get `markov_w2(markov_w1[x_{k-1}])`, where x_{k-1} is
@@ -1237,8 +1242,7 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
             raise ValueError(f"mtp_logits: this model's drafter is {self.config.drafter!r}, not the MTP block")
         block = self.mtp[depth]
         positions = self.positions_for(next_input_ids, cache, None, None, "mtp_length")
-        e = block.enorm(self.embed(next_input_ids))
-        x = block.e_proj(e).unsqueeze(2) + block.h_proj(block.hnorm(streams))
+        x = block.combine(self.embed(next_input_ids), streams)
         x = block(x, positions, next_input_ids, self.rope_for(block.ratio), cache.tensors, f"mtp.{depth}.")
         cache.tensors["mtp_length"] = cache.tensors["mtp_length"] + next_input_ids.shape[1]
         return self.head(self.head_hidden(x, block, block.norm)).float()
