@@ -82,6 +82,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory (MB) from /proc/self/smaps_rollup: `private` = anonymous pages (what
+    the process itself allocated), `file` = file-backed resident pages (memory-mapped weights, libraries;
+    the kernel can drop and re-read them), `rss` = both."""
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0]) / 1024
+    return {"rss": fields["Rss"], "private": fields["Anonymous"], "file": fields["Rss"] - fields["Anonymous"]}
+
+
 def machine_line(info: dict[str, Any]) -> str:
     return (f"{info['date']} | {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['ram_gib']} GiB RAM"
             f" | OpenVINO {info.get('openvino')}, torch {info.get('torch')}, transformers {info.get('transformers')}"
