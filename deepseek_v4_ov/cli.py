@@ -55,7 +55,7 @@ def run_toy(args: argparse.Namespace) -> None:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
+    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, HEAD_PRECISIONS, WEIGHT_FORMATS
     from deepseek_v4_ov.export.options import AUTO, RELEASE_DEFAULT_FORMAT
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
@@ -84,6 +84,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-layers", action="store_true", help="4-bit also for attention/shared-expert linears "
                                                              "and embed/head")
     p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
+    p.add_argument("--head-precision", choices=HEAD_PRECISIONS,
+                   help="LM head of int8/int4/mxfp4 exports: int8 per output channel (default; decode reads the "
+                        "whole head every token) or f16 (the release's BF16 values)")
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
     p.add_argument("--disable-convert-tokenizer", action="store_true", help="do not write the OpenVINO tokenizer")
@@ -100,7 +103,8 @@ def run_export(args: argparse.Namespace) -> None:
     opts = ExportOptions(args.model, args.output or Path(), weight_format=args.weight_format,
                          group_size=args.group_size, sym=args.sym, ratio=args.ratio,
                          backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
-                         group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
+                         group_size_fallback=args.group_size_fallback,
+                         head_precision=args.head_precision, prefill_only=args.prefill_only,
                          overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
                          whole=args.whole)
     if args.dry_run:

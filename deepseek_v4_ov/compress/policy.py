@@ -22,10 +22,13 @@ IR precision per release storage class (`official.storage_class` of the tensor's
                                                                     formats (int8_asym unless
                                                                     `backup_precision`), the format itself
                                                                     for int8; with `all_layers` the format
-    release BF16 embed, head, router gate, compressor wkv/wgate,
+    release BF16 embed, router gate, compressor wkv/wgate,
                  indexer weights_proj and compressor            -> f16 (exact for BF16 values in f16's
                                                                     normal range); embed/head take the
                                                                     format with `all_layers`
+    release BF16 head                                           -> 8 bit as the FP8 tensors
+                                                                    (`head_precision` "int8", the default),
+                                                                    or f16 ("f16")
     release F32  hc_*_fn (mHC), attn_sink, ape, gate.bias        -> f32, always
     vectors (norm weights) and computed constants (RoPE tables, masks, shapes) are left as traced (f32).
 
@@ -34,6 +37,10 @@ which experts run (a flipped top-k is a different computation, not a small error
 a Sinkhorn normalisation, and the compressor/indexer weights pick which compressed entries attention sees;
 all are tiny (~0.3 % of V4-Flash) and the release's authors kept them in 16/32 bit. 4 bit goes where the
 release already uses 4 bit; the FP8 tensors get 8 bit. `fp32` leaves everything in f32.
+The one departure: the LM head (BF16 in the release) is INT8 per output channel by default, because
+batch-1 decode reads all of it every token (V4-Flash: 1.06 GB in f16, 0.53 GB in INT8) and the CPU
+plugin runs the f16 head at well under the memory bandwidth (`benchmarks/layer_types.py` forms: head
+f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits.
 
 The policy is applied with NNCF `ignored_scope` built from the IR: every weight constant is mapped back
 to its official tensor name (`resolve`), from the constant's own name (`self.model.<official name>`) or,
@@ -58,6 +65,7 @@ from deepseek_v4_ov.checkpoint.release import BF16, F32, FP4, FP8, I64, group_of
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
+HEAD_PRECISIONS = ("int8", "f16")
 DEFAULT_GROUP_SIZE = 32
 OTHER = "other constants"
 
@@ -85,6 +93,13 @@ class CompressionOptions:
     all_layers: bool = False
     awq: bool = False  # data-free AWQ (scales from weight magnitudes)
     group_size_fallback: str | None = None  # None: error
+    head_precision: str | None = None  # None: int8 (`HEAD_PRECISIONS`; int8/int4/mxfp4 formats only)
+
+    @property
+    def head_int8(self) -> bool:
+        """Whether the LM head is stored in 8 bit (the default of the compressed formats: decode reads the
+        whole head every token, see the module docstring)."""
+        return self.weight_format in ("int8", "int4", "mxfp4") and (self.head_precision or "int8") == "int8"
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that does not apply to the chosen format."""
@@ -95,14 +110,17 @@ class CompressionOptions:
         given = {"--group-size": self.group_size is not None, "--ratio": self.ratio is not None,
                  "--backup-precision": self.backup_precision is not None, "--awq": self.awq,
                  "--group-size-fallback": self.group_size_fallback is not None}
+        if self.head_precision is not None and self.head_precision not in HEAD_PRECISIONS:
+            raise ValueError(f"--head-precision {self.head_precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}")
         if fmt in ("fp32", "fp16"):
-            given.update({"--sym": self.sym, "--all-layers": self.all_layers})
+            given.update({"--sym": self.sym, "--all-layers": self.all_layers,
+                          "--head-precision": self.head_precision is not None})
             bad = [k for k, v in given.items() if v]
             if bad:
                 raise ValueError(f"{bad[0]} applies to int8/int4/mxfp4 weight formats, not {fmt}")
             return
         if fmt == "int8":
-            bad = [k for k, v in given.items() if v and k != "--group-size"]
+            bad = [k for k, v in given.items() if v and k not in ("--group-size", "--head-precision")]
             if bad:
                 raise ValueError(f"{bad[0]} applies to 4-bit weight formats (int4, mxfp4), not int8")
             if self.group_size not in (None, -1):
@@ -135,14 +153,15 @@ class CompressionOptions:
             return out
         if fmt == "int8":
             return {**out, "mode": "int8_sym" if self.sym else "int8_asym", "group_size": -1,
-                    "all_layers": self.all_layers}
+                    "all_layers": self.all_layers, "head_precision": self.head_precision or "int8"}
         mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.sym else "int4_asym")
         return {**out, "mode": mode,
                 "group_size": DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size,
                 "ratio": 1.0 if self.ratio is None else self.ratio,
                 "backup_precision": self.backup_precision or "int8_asym",
                 "all_layers": self.all_layers, "awq": self.awq,
-                "group_size_fallback": self.group_size_fallback or "error"}
+                "group_size_fallback": self.group_size_fallback or "error",
+                "head_precision": self.head_precision or "int8"}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -279,6 +298,8 @@ def target_of(name: str, opts: CompressionOptions) -> str:
         return PRIMARY if opts.all_layers or opts.weight_format == "int8" else EIGHT_BIT
     if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
         return PRIMARY
+    if name == "head.weight" and opts.head_int8:
+        return PRIMARY if opts.weight_format == "int8" else EIGHT_BIT
     if kind == BF16:
         return HALF
     return FULL  # F32 class (hc_*, sinks, ape, gate.bias) and I64 tables
@@ -309,10 +330,11 @@ def _ignored_all_but(ov_model: ov.Model, keep: set[str]):
 
 def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | None = None, sym: bool = False,
              ratio: float | None = None, backup_precision: str | None = None, all_layers: bool = False,
-             awq: bool = False, group_size_fallback: str | None = None, verbose: bool = False) -> ov.Model:
+             awq: bool = False, group_size_fallback: str | None = None, head_precision: str | None = None,
+             verbose: bool = False) -> ov.Model:
     """Compress `ov_model` in place (and return it) following the module's precision policy."""
     opts = CompressionOptions(weight_format, group_size, sym, ratio, backup_precision, all_layers, awq,
-                              group_size_fallback)
+                              group_size_fallback, head_precision)
     return compress_with(ov_model, opts, verbose)
 
 

@@ -38,6 +38,7 @@ class ExportOptions:
     all_layers: bool = False
     awq: bool = False
     group_size_fallback: str | None = None
+    head_precision: str | None = None
     prefill_only: bool = False
     overwrite: bool = False
     convert_tokenizer: bool = True
@@ -67,7 +68,7 @@ class ExportOptions:
         if self.auto:
             raise ValueError("--weight-format auto is resolved from the source; call resolved(checkpoint.fmt) first")
         nncf = (self.group_size, self.sym, self.ratio, self.backup_precision, self.all_layers, self.awq,
-                self.group_size_fallback)
+                self.group_size_fallback, self.head_precision)
         if self.native:
             check_native_options(*nncf)
         opts = CompressionOptions("fp32" if self.native else self.weight_format, *nncf)
