@@ -75,8 +75,12 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                                             "piece by piece (one layer's weights at a time)")
     p.add_argument("--whole", action="store_true", help="trace the model as one piece (all weights at once; the "
                                                         "same IR, for checks)")
-    p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 32; -1 per channel)")
-    p.add_argument("--sym", action="store_true", help="symmetric int8/int4 (no zero point)")
+    p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 64 for int4, 32 for mxfp4; "
+                                                  "-1 per channel)")
+    p.add_argument("--sym", action="store_const", const=True, default=None,
+                   help="symmetric int8/int4, no zero point (the default for int4)")
+    p.add_argument("--asym", action="store_const", const=False, dest="sym",
+                   help="asymmetric int4/int8, a zero point per group (the default for int8)")
     p.add_argument("--ratio", type=float, help="4-bit share of the routed-expert weights, the rest in the backup "
                                                "precision (default 1.0)")
     p.add_argument("--backup-precision", help=f"one of {', '.join(BACKUP_PRECISIONS)}: 8-bit tensors of 4-bit "

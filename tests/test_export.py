@@ -268,7 +268,7 @@ def test_precision_policy(variants):
         print(f"\n{fmt}:\n" + "\n".join(f"  {g:<38} {v['weights']} scales {v['scales']} groups {v['group_sizes']}"
                                         for g, v in r.items()))
     assert all(_main_types(reports["fp32"], g) == {"f32"} for g in reports["fp32"] if g != "other constants")
-    expert = {"int8": ("u8", [-1]), "int4": ("u4", [32]), "mxfp4": ("f4e2m1", [32])}
+    expert = {"int8": ("u8", [-1]), "int4": ("i4", [64]), "mxfp4": ("f4e2m1", [32])}
     for fmt, (dtype, groups) in expert.items():
         r = reports[fmt]
         assert _main_types(r, "routed experts") == {dtype} and r["routed experts"]["group_sizes"] == groups, fmt
@@ -278,7 +278,7 @@ def test_precision_policy(variants):
         assert _main_types(r, "router (gate weight, bias, tid2eid)") == {"f16"}, fmt  # release BF16
         assert _main_types(r, "embed / head") == {"f16", "u8"}, fmt  # BF16 embed f16, head INT8 (default)
         assert _main_types(r, "compressor") <= {"f16", "f32"}, fmt
-    assert set(reports["int4"]["routed experts"]["scales"]) == {"f16", "u4"}  # asym: f16 scale + u4 zero point
+    assert set(reports["int4"]["routed experts"]["scales"]) == {"f16"}  # sym: an f16 scale, no zero point
     assert set(reports["mxfp4"]["routed experts"]["scales"]) == {"f8e8m0"}
 
 

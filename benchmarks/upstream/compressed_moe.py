@@ -16,7 +16,7 @@ Weights W [E, N, K] (default: DeepSeek-V4-Flash's 256 routed experts, N=2048, K=
            the graph is built: the plugin's best case for the same bytes)
   fused    one MatMul over the picked experts' weights concatenated [top*N, K]
 Weight formats, decompressed the way NNCF / the release layout writes them: int4 (u4 codes, u4 zero point,
-f16 scale per --group), int8 (u8 codes, u8 zero point, f16 scale per row), f4e2m1 (f8e8m0 scale per 32),
+f16 scale per --group; --sym: i4 codes, no zero point), int8 (u8 codes, u8 zero point, f16 scale per row), f4e2m1 (f8e8m0 scale per 32),
 f8e4m3 (f8e8m0 scale per --group along a row, the release's 128x128 block scales repeated per row),
 f16. The model is saved to an IR and compiled from the file (weights memory-mapped, as in deployment);
 `private_mb` is the anonymous memory compile and the first inference add (/proc/self/smaps_rollup).
@@ -49,7 +49,7 @@ def const(codes: np.ndarray, etype: ov.Type, shape: list[int]):
     return ops.constant(t)
 
 
-def weights(fmt: str, shape: list[int], group: int, rng):
+def weights(fmt: str, shape: list[int], group: int, rng, sym: bool = False):
     """Decompression subgraph [*shape] f32 (shape [..., K]) and the bytes its constants hold."""
     *lead, k = shape
     rows = int(np.prod(lead))
@@ -60,12 +60,15 @@ def weights(fmt: str, shape: list[int], group: int, rng):
     if fmt in ("int4", "int8"):
         g = group if fmt == "int4" else k
         bits = 4 if fmt == "int4" else 8
-        etype = ov.Type.u4 if fmt == "int4" else ov.Type.u8
-        w = const(u8(rows * k * bits // 8), etype, [*lead, k // g, g])
-        zp = const(u8(max(1, rows * (k // g) * bits // 8)), etype, [*lead, k // g, 1])
+        etype = {(4, False): ov.Type.u4, (8, False): ov.Type.u8, (4, True): ov.Type.i4, (8, True): ov.Type.i8}[
+            bits, sym]
+        w = ops.convert(const(u8(rows * k * bits // 8), etype, [*lead, k // g, g]), ov.Type.f16)
         scale = ops.constant((rng.random((*lead, k // g, 1), dtype=np.float32) * 1e-2).astype(np.float16))
-        deq = ops.multiply(ops.subtract(ops.convert(w, ov.Type.f16), ops.convert(zp, ov.Type.f16)), scale)
-        nbytes = rows * k * bits // 8 + rows * (k // g) * (bits // 8 + 2)
+        if not sym:  # NNCF's asymmetric modes: a zero point per group, same type as the codes
+            w = ops.subtract(w, ops.convert(const(u8(max(1, rows * (k // g) * bits // 8)), etype,
+                                                  [*lead, k // g, 1]), ov.Type.f16))
+        deq = ops.multiply(w, scale)
+        nbytes = rows * k * bits // 8 + rows * (k // g) * (2 + (0 if sym else bits / 8))
     elif fmt == "f4e2m1":
         w = const(u8(rows * k // 2), ov.Type.f4e2m1, [*lead, k // 32, 32])
         scale = const(rng.integers(118, 125, rows * k // 32, dtype=np.uint8), ov.Type.f8e8m0, [*lead, k // 32, 1])
@@ -89,7 +92,7 @@ def build(args, rng):
     picks = np.stack([rng.choice(e, top, replace=False) for _ in range(t)])  # [T, top]
     x = ops.parameter([t, k], ov.Type.f32, name="x")
     if args.form == "grouped":
-        w, nbytes = weights(args.weights, [e, n, k], args.group, rng)
+        w, nbytes = weights(args.weights, [e, n, k], args.group, rng, args.sym)
         order = np.argsort(picks.reshape(-1), kind="stable")
         rows = ops.gather(x, ops.constant((order // top).astype(np.int32)), ops.constant(np.int32(0)))
         offsets = np.cumsum(np.bincount(picks.reshape(-1), minlength=e)).astype(np.int32)
@@ -98,12 +101,12 @@ def build(args, rng):
     else:
         # every token uses the same `top` experts in these static forms; bytes reported for E experts
         if args.form == "each":
-            parts = [weights(args.weights, [n, k], args.group, rng) for _ in range(top)]
+            parts = [weights(args.weights, [n, k], args.group, rng, args.sym) for _ in range(top)]
             out = ops.concat([ops.matmul(x, w, False, True) for w, _ in parts], 1) if top > 1 else \
                 ops.matmul(x, parts[0][0], False, True)
             nbytes = parts[0][1] * e
         else:
-            w, picked = weights(args.weights, [top * n, k], args.group, rng)
+            w, picked = weights(args.weights, [top * n, k], args.group, rng, args.sym)
             out = ops.matmul(x, w, False, True)
             nbytes = picked * e // top
         touched = top
@@ -119,6 +122,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1)
     ap.add_argument("--weights", default="int4", choices=["int4", "int8", "f4e2m1", "f8e4m3", "f16"])
     ap.add_argument("--group", type=int, default=32)
+    ap.add_argument("--sym", action="store_true", help="int4/int8 without zero points (i4/i8 codes)")
     ap.add_argument("--form", default="grouped", choices=["grouped", "each", "fused"])
     ap.add_argument("--hint", default="f32", help="INFERENCE_PRECISION_HINT (f32, bf16)")
     ap.add_argument("--dq", type=int, default=None, help="DYNAMIC_QUANTIZATION_GROUP_SIZE (0 = off; default: plugin's)")
@@ -158,7 +162,7 @@ def main() -> None:
            "private_per_weight_byte": round(private * 1e6 / nbytes, 3), "compile_s": round(compile_s, 2),
            "profile_ms": {k: round(v, 4) for k, v in sorted(prof.items(), key=lambda kv: -kv[1])[:6]},
            "openvino": ov.__version__}
-    print(f"{args.form} {args.weights} g{args.group} E{args.experts} top{args.top} N{args.n} K{args.k} T{args.tokens} "
+    print(f"{args.form} {args.weights}{' sym' if args.sym else ''} g{args.group} E{args.experts} top{args.top} N{args.n} K{args.k} T{args.tokens} "
           f"[{args.hint}, dq {args.dq}]: {ms:.3f} ms, {res['read_gbs']} GB/s of the picked weights, private "
           f"{private:.0f} MB for {nbytes / 1e6:.0f} MB of weights; top ops {res['profile_ms']}")
     print("RESULT " + json.dumps(res))

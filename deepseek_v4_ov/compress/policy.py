@@ -6,7 +6,11 @@ Formats (`--weight-format`, named as in `optimum-cli export openvino`):
     fp32   nothing changes
     fp16   weight matrices stored as f16 (f16 constant + Convert, what `compress_to_fp16` writes)
     int8   INT8_ASYM per output channel (INT8_SYM with `sym`)
-    int4   INT4_ASYM, group 32 by default (INT4_SYM with `sym`)
+    int4   INT4_SYM, group 64 by default (narrower inputs: the largest group that divides them); INT4_ASYM
+           with `sym=False` (`--asym`). Why: `benchmarks/fp4_requant.py` (error re-quantising the release's
+           FP4 experts) and `benchmarks/layer_types.py` forms (the CPU plugin keeps ~6-9 bytes of f32
+           scale/zero point per group beside its copy of the weights: private memory per weight byte
+           int4 asym g32 ~1.5, sym g64 ~1.13); README "Runtime on a Xeon"
     mxfp4  NNCF MXFP4: e2m1 values with an E8M0 scale per 32 inputs (the OCP microscaling format)
 
 Precision policy. The release itself says which tensors tolerate low precision: it stores the routed
@@ -66,7 +70,7 @@ WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
 HEAD_PRECISIONS = ("int8", "f16")
-DEFAULT_GROUP_SIZE = 32
+DEFAULT_GROUP_SIZE = {"int4": 64, "mxfp4": 32}
 OTHER = "other constants"
 
 # ops NNCF may compress the weights of; every one outside a pass's target set goes to its ignored_scope
@@ -86,14 +90,18 @@ class CompressionOptions:
     """What `optimum-cli export openvino` calls the weight-only compression options (data-free ones)."""
 
     weight_format: str = "fp32"
-    group_size: int | None = None  # None: 32 for int4/mxfp4, per channel (-1) for int8
-    sym: bool = False
+    group_size: int | None = None  # None: DEFAULT_GROUP_SIZE (int4/mxfp4), per channel (-1) for int8
+    sym: bool | None = None  # None: symmetric for int4, asymmetric for int8
     ratio: float | None = None  # None: 1.0
     backup_precision: str | None = None  # None: int8_asym
     all_layers: bool = False
     awq: bool = False  # data-free AWQ (scales from weight magnitudes)
     group_size_fallback: str | None = None  # None: error
     head_precision: str | None = None  # None: int8 (`HEAD_PRECISIONS`; int8/int4/mxfp4 formats only)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.sym if self.sym is not None else self.weight_format == "int4"
 
     @property
     def head_int8(self) -> bool:
@@ -113,7 +121,7 @@ class CompressionOptions:
         if self.head_precision is not None and self.head_precision not in HEAD_PRECISIONS:
             raise ValueError(f"--head-precision {self.head_precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}")
         if fmt in ("fp32", "fp16"):
-            given.update({"--sym": self.sym, "--all-layers": self.all_layers,
+            given.update({"--sym": self.sym is True, "--asym": self.sym is False, "--all-layers": self.all_layers,
                           "--head-precision": self.head_precision is not None})
             bad = [k for k, v in given.items() if v]
             if bad:
@@ -152,15 +160,17 @@ class CompressionOptions:
         if fmt in ("fp32", "fp16"):
             return out
         if fmt == "int8":
-            return {**out, "mode": "int8_sym" if self.sym else "int8_asym", "group_size": -1,
+            return {**out, "mode": "int8_sym" if self.symmetric else "int8_asym", "group_size": -1,
                     "all_layers": self.all_layers, "head_precision": self.head_precision or "int8"}
-        mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.sym else "int4_asym")
+        mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.symmetric else "int4_asym")
+        default_group = self.group_size is None and fmt == "int4"
         return {**out, "mode": mode,
-                "group_size": DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size,
+                "group_size": DEFAULT_GROUP_SIZE[fmt] if self.group_size is None else self.group_size,
                 "ratio": 1.0 if self.ratio is None else self.ratio,
                 "backup_precision": self.backup_precision or "int8_asym",
                 "all_layers": self.all_layers, "awq": self.awq,
-                "group_size_fallback": self.group_size_fallback or "error",
+                # the default group narrows where an input is narrower (small toys); a given one is checked
+                "group_size_fallback": self.group_size_fallback or ("adjust" if default_group else "error"),
                 "head_precision": self.head_precision or "int8"}
 
 
@@ -328,7 +338,8 @@ def _ignored_all_but(ov_model: ov.Model, keep: set[str]):
     return nncf.IgnoredScope(names=names, validate=False)
 
 
-def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | None = None, sym: bool = False,
+def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | None = None,
+             sym: bool | None = None,
              ratio: float | None = None, backup_precision: str | None = None, all_layers: bool = False,
              awq: bool = False, group_size_fallback: str | None = None, head_precision: str | None = None,
              verbose: bool = False) -> ov.Model:
@@ -430,7 +441,7 @@ def _bits_per_element(target: str, opts: CompressionOptions, in_features: int) -
     if fmt == "int8":
         return eight(r["mode"])
     g = in_features if r["group_size"] == -1 else r["group_size"]
-    four = 4 + 8 / 32 if fmt == "mxfp4" else 4 + (16 + (0 if opts.sym else 4)) / g
+    four = 4 + 8 / 32 if fmt == "mxfp4" else 4 + (16 + (0 if opts.symmetric else 4)) / g
     backup = r["backup_precision"]
     rest = 16.0 if backup == "none" else eight(backup)
     return r["ratio"] * four + (1 - r["ratio"]) * rest

@@ -32,7 +32,7 @@ class ExportOptions:
     output: Path
     weight_format: str = AUTO
     group_size: int | None = None
-    sym: bool = False
+    sym: bool | None = None
     ratio: float | None = None
     backup_precision: str | None = None
     all_layers: bool = False
