@@ -193,6 +193,18 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, cells)])
 
 
+def replace_readme_block(readme: Path, name: str, block: str) -> None:
+    """Replace README's generated block `name` (between its begin and end marker lines) with `block`."""
+    begin = f"<!-- {name}: generated, do not edit -->"
+    end = f"<!-- {name}: end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin!r} ... {end!r} block")
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + begin + "\n" + block.strip("\n") + "\n" + end + rest.split(end, 1)[1])
+    print(block)
+
+
 def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -20,22 +20,23 @@ scales in NNCF, so its cost is given, not run).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import machine, machine_line, table, write_json  # noqa: E402
+from _common import ROOT, machine, machine_line, replace_readme_block, table, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 CASES = [  # (label, NNCF mode, group size, bits per weight)
-    ("int4 asym g32 (export default)", "int4_asym", 32, 4 + 20 / 32),
+    ("int4 asym g32 (the former default)", "int4_asym", 32, 4 + 20 / 32),
     ("int4 sym g32", "int4_sym", 32, 4 + 16 / 32),
     ("int4 asym g64", "int4_asym", 64, 4 + 20 / 64),
     ("int4 asym g128", "int4_asym", 128, 4 + 20 / 128),
-    ("int4 sym g64", "int4_sym", 64, 4 + 16 / 64),
+    ("int4 sym g64 (export default)", "int4_sym", 64, 4 + 16 / 64),
     ("int4 sym g128", "int4_sym", 128, 4 + 16 / 128),
     ("mxfp4 (NNCF, e2m1 + e8m0 per 32)", "mxfp4", 32, 4 + 8 / 32),
     ("int8 asym per row (NNCF int8)", "int8_asym", -1, 8.0),
@@ -65,7 +66,7 @@ def ir_weights(w: np.ndarray, mode: str, group: int) -> np.ndarray:
     import openvino as ov
     import openvino.opset13 as ops
 
-    rows, cols = w.shape
+    cols = w.shape[1]
     x = ops.parameter([cols, cols], ov.Type.f32, name="x")
     model = ov.Model([ops.matmul(x, ops.constant(w), False, True)], [x])
     kwargs = {} if mode.startswith("int8") else {"group_size": group, "ratio": 1.0, "all_layers": True}
@@ -76,12 +77,29 @@ def ir_weights(w: np.ndarray, mode: str, group: int) -> np.ndarray:
     return compiled(np.eye(cols, dtype=np.float32))[0].T
 
 
+def results_table(results: list[dict]) -> str:
+    return table(["release weights", "IR form", "bits/weight", "rel. RMS error", "max abs error / RMS", "inexact"],
+                 [[r["weights"], r["form"], f"{r['bits_per_weight']:.3f}", f"{r['rel_rms_error']:.2%}",
+                   f"{r['max_abs_error_over_rms']:.3f}", f"{r['inexact_share']:.1%}"] for r in results])
+
+
+def readme_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    m = data["machine"]
+    return (f"`{data['command']}` ({m['date']}, {m['cpu']}, OpenVINO {m['openvino']}, NNCF {m['nncf']}; "
+            f"{data['shape'][0]} x {data['shape'][1]} release matrices):\n\n" + results_table(data["results"]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--json")
+    ap.add_argument("--readme", type=Path, help="write the README block from this JSON and exit")
     args = ap.parse_args()
+    if args.readme:
+        replace_readme_block(ROOT / "README.md", "fp4-requant", readme_table(args.readme))
+        return 0
     info = machine()
     print(machine_line(info))
     results = []
@@ -98,9 +116,7 @@ def main() -> int:
                             ("int8 per 32, power-of-two scale (exact, not in NNCF)", 8.25)):
             results.append({"weights": dist, "form": label, "bits_per_weight": bits, "rel_rms_error": 0.0,
                             "max_abs_error_over_rms": 0.0, "inexact_share": 0.0})
-    print(table(["release weights", "IR form", "bits/weight", "rel. RMS error", "max |error| / RMS", "inexact"],
-                [[r["weights"], r["form"], f"{r['bits_per_weight']:.3f}", f"{r['rel_rms_error']:.2%}",
-                  f"{r['max_abs_error_over_rms']:.3f}", f"{r['inexact_share']:.1%}"] for r in results]))
+    print(results_table(results))
     write_json(args.json, {"machine": info, "command": "python benchmarks/fp4_requant.py " + " ".join(sys.argv[1:]),
                            "shape": [args.rows, args.cols], "results": results})
     return 0

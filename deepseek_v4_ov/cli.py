@@ -122,13 +122,14 @@ def dry_run_export(opts, check_output: bool) -> None:
     disk check the export would make)."""
     from deepseek_v4_ov.checkpoint.dryrun import dry_run, size_text
     from deepseek_v4_ov.checkpoint.release import check_folder
-    from deepseek_v4_ov.export.pipeline import check_disk, projection_of, resolve
+    from deepseek_v4_ov.export.pipeline import check_cpu_memory, check_disk, projection_of, resolve
 
     checkpoint = check_folder(opts.src)
     opts, chosen = resolve(opts, checkpoint)  # checks the options first
     projection = projection_of(checkpoint, opts)
     print(dry_run(checkpoint).format_table())
     print(f"  this export: {projection.describe()}{chosen}")
+    check_cpu_memory(projection)
     if check_output:
         check_disk(opts.output, projection)
         print(f"  fits: ~{size_text(projection.disk_bytes)} needed where {opts.output} goes")

@@ -167,6 +167,24 @@ def test_export_that_does_not_fit_is_refused(toy, tmp_path, capsys, monkeypatch)
     assert "fits:" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
 
 
+def test_native_refused_where_the_cpu_would_expand_it_beyond_memory(tmp_path, capsys, monkeypatch):
+    """`native`/`mxfp4`: the CPU plugin expands f4e2m1 experts to f32 (CPU_EXPANSION, measured); an export
+    whose expanded weights exceed this machine's memory is refused before any work, naming the factor and
+    int4; the dry run too. Where they fit (the toys) the export runs."""
+    src = tmp_path / "seed-fp8"
+    write_toy(src, PRESETS["seed"], seed=0, fmt="fp8")
+    smallest = min(exporter.projection_of(check_folder(src), ExportOptions(src, tmp_path / "o", weight_format=fmt)
+                                          .resolved("fp8")).cpu_private_bytes for fmt in ("native", "mxfp4"))
+    monkeypatch.setattr(exporter, "physical_memory", lambda: smallest - 1)
+    for fmt in ("native", "mxfp4"):
+        assert run_cli("--model", src, tmp_path / "out", "--weight-format", fmt) == 2, fmt
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "expands f4e2m1" in err and "export int4" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed-fp8"]
+    assert run_cli("--model", src, "--weight-format", "native", "--dry-run") == 2
+    assert "expands f4e2m1" in capsys.readouterr().err
+
+
 def test_weight_format_default_is_resolved_from_the_source(tmp_path):
     """`auto` (the default): int4 for a release-layout (FP8/FP4) source, fp32 for BF16/FP32 sources;
     explicit formats stay as given."""
