@@ -382,7 +382,9 @@ def merge_projection(path: Path, result: dict) -> None:
         for b in result["slices"] if "verify_ms" in b.get("f32", {})}
     data["forms"] = [{k: f[k] for k in ("label", "args", "ms", "read_gbs", "private_per_weight_byte", "weight_mb",
                                          "private_mb", "profile_ms") if k in f} for f in result.get("forms", [])]
-    data.setdefault("projection", {}).update(result["projection"])
+    prompt = next(b["f32"]["prompt"] for b in result["slices"] if "per_layer" in b)
+    data.setdefault("projection", {}).update(
+        result.get("projection") or project(types, result["bandwidth"]["read_all_gbs"], prompt))
     write_json(str(path), data)
 
 
@@ -445,6 +447,7 @@ def main() -> int:
     ap.add_argument("--projection", help="merge the runtime projection into this JSON")
     ap.add_argument("--readme", type=Path, help="write the README block from this projection JSON and exit")
     ap.add_argument("--merge", type=Path, help="merge this earlier --json result into --projection and exit")
+    ap.add_argument("--forms-from", type=Path, help="with --merge: take the forms from this run's JSON")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--hint", default="f32", help=argparse.SUPPRESS)
     ap.add_argument("--dq", type=int, default=None, help=argparse.SUPPRESS)
@@ -454,7 +457,12 @@ def main() -> int:
         replace_readme_block(ROOT / "README.md", "v4-flash-projection", readme_table(args.readme))
         return 0
     if args.merge:
-        merge_projection(Path(args.projection), json.loads(args.merge.read_text()))
+        result = json.loads(args.merge.read_text())
+        if args.forms_from:  # the forms of another run of this script (same machine)
+            other = json.loads(args.forms_from.read_text())
+            result["forms"] = other["forms"]
+            result["command"] += f" (forms: {other['command']}, {other['machine']['date']})"
+        merge_projection(Path(args.projection), result)
         return 0
     if args.worker:
         res = worker(args.worker, args.hint, args.dq, args.prompt, args.new, args.reps, args.profile)
