@@ -82,6 +82,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory (MB) from /proc/self/smaps_rollup: `private` = anonymous pages (what
+    the process itself allocated), `file` = file-backed resident pages (memory-mapped weights, libraries;
+    the kernel can drop and re-read them), `rss` = both."""
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0]) / 1024
+    return {"rss": fields["Rss"], "private": fields["Anonymous"], "file": fields["Rss"] - fields["Anonymous"]}
+
+
 def machine_line(info: dict[str, Any]) -> str:
     return (f"{info['date']} | {info['cpu']} ({info['cpu_flags']}), {info['cores']} cores, {info['ram_gib']} GiB RAM"
             f" | OpenVINO {info.get('openvino')}, torch {info.get('torch')}, transformers {info.get('transformers')}"
@@ -181,6 +192,18 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, cells)])
+
+
+def replace_readme_block(readme: Path, name: str, block: str) -> None:
+    """Replace README's generated block `name` (between its begin and end marker lines) with `block`."""
+    begin = f"<!-- {name}: generated, do not edit -->"
+    end = f"<!-- {name}: end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin!r} ... {end!r} block")
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + begin + "\n" + block.strip("\n") + "\n" + end + rest.split(end, 1)[1])
+    print(block)
 
 
 def write_json(path: str | None, payload: dict[str, Any]) -> None:

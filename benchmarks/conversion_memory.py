@@ -108,6 +108,23 @@ def write_synthetic(folder: Path, preset: dict, seed: int = 0) -> int:
     return total
 
 
+def ensure_slice(workdir: Path, ratio: int, experts: int, overrides: dict | None = None) -> Path:
+    """The synthetic slice `workdir/slice-r<ratio>-e<experts>` (written once, in a child process);
+    `overrides` replaces preset fields (smaller widths for a quick local run)."""
+    src = workdir / (f"slice-r{ratio}-e{experts}" + ("-small" if overrides else ""))
+    if not (src / "config.json").is_file():
+        preset = {**slice_preset(ratio, experts), **(overrides or {})}
+        rc, wall, rss, out = run_child([python_main(), "-c", (
+            "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
+            "from conversion_memory import write_synthetic\nfrom pathlib import Path\n"
+            "print('BYTES', write_synthetic(Path(%r), %r))\n") % (
+            str(Path(__file__).parents[1]), str(Path(__file__).parent), str(src), preset)])
+        if rc:
+            raise RuntimeError(out[-3000:])
+        print(f"wrote slice {src.name} in {wall:.0f}s (peak RSS {rss / 1e3:.1f} GB)", flush=True)
+    return src
+
+
 def export_measured(src: Path, out: Path, fmt: str, keep: bool = False) -> dict:
     cmd = [python_main(), "-m", "export", "--model", str(src), str(out), "--weight-format", fmt,
            "--disable-convert-tokenizer", "--overwrite"]
@@ -152,17 +169,7 @@ def main() -> None:
 
     slices = []
     for ratio in args.ratios:
-        src = args.workdir / f"slice-r{ratio}-e{args.experts}"
-        preset = slice_preset(ratio, args.experts)
-        if not (src / "config.json").is_file():
-            rc, wall, rss, out = run_child([python_main(), "-c", (
-                "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
-                "from conversion_memory import write_synthetic\nfrom pathlib import Path\n"
-                "print('BYTES', write_synthetic(Path(%r), %r))\n") % (
-                str(Path(__file__).parents[1]), str(Path(__file__).parent), str(src), preset)])
-            if rc:
-                raise RuntimeError(out[-3000:])
-            print(f"wrote slice {src.name} in {wall:.0f}s (peak RSS {rss / 1e3:.1f} GB)", flush=True)
+        src = ensure_slice(args.workdir, ratio, args.experts)
         ckpt = sum(p.stat().st_size for p in src.glob("*.safetensors"))
         for fmt in args.formats:
             r = export_measured(src, args.workdir / f"{src.name}-{fmt}", fmt, keep=fmt in args.keep)

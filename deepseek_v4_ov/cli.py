@@ -64,7 +64,7 @@ def run_toy(args: argparse.Namespace) -> None:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, WEIGHT_FORMATS
+    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, HEAD_PRECISIONS, WEIGHT_FORMATS
     from deepseek_v4_ov.export.options import AUTO, DRAFTERS, NO_DRAFTER, RELEASE_DEFAULT_FORMAT
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
@@ -85,8 +85,12 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                                             "piece by piece (one layer's weights at a time)")
     p.add_argument("--whole", action="store_true", help="trace the model as one piece (all weights at once; the "
                                                         "same IR, for checks)")
-    p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 32; -1 per channel)")
-    p.add_argument("--sym", action="store_true", help="symmetric int8/int4 (no zero point)")
+    p.add_argument("--group-size", type=int, help="int4/mxfp4 quantisation group (default 64 for int4, 32 for mxfp4; "
+                                                  "-1 per channel)")
+    p.add_argument("--sym", action="store_const", const=True, default=None,
+                   help="symmetric int8/int4, no zero point (the default for int4)")
+    p.add_argument("--asym", action="store_const", const=False, dest="sym",
+                   help="asymmetric int4/int8, a zero point per group (the default for int8)")
     p.add_argument("--ratio", type=float, help="4-bit share of the routed-expert weights, the rest in the backup "
                                                "precision (default 1.0)")
     p.add_argument("--backup-precision", help=f"one of {', '.join(BACKUP_PRECISIONS)}: 8-bit tensors of 4-bit "
@@ -94,6 +98,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-layers", action="store_true", help="4-bit also for attention/shared-expert linears "
                                                              "and embed/head")
     p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
+    p.add_argument("--head-precision", choices=HEAD_PRECISIONS,
+                   help="LM head of int8/int4/mxfp4 exports: int8 per output channel (default; decode reads the "
+                        "whole head every token) or f16 (the release's BF16 values)")
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
     p.add_argument("--drafter", choices=DRAFTERS, default=NO_DRAFTER,
@@ -115,7 +122,8 @@ def run_export(args: argparse.Namespace) -> None:
     opts = ExportOptions(args.model, args.output or Path(), weight_format=args.weight_format,
                          group_size=args.group_size, sym=args.sym, ratio=args.ratio,
                          backup_precision=args.backup_precision, all_layers=args.all_layers, awq=args.awq,
-                         group_size_fallback=args.group_size_fallback, prefill_only=args.prefill_only,
+                         group_size_fallback=args.group_size_fallback,
+                         head_precision=args.head_precision, prefill_only=args.prefill_only,
                          overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
                          whole=args.whole, drafter=args.drafter)
     if args.dry_run:
@@ -129,13 +137,14 @@ def dry_run_export(opts, check_output: bool) -> None:
     disk check the export would make)."""
     from deepseek_v4_ov.checkpoint.dryrun import dry_run, size_text
     from deepseek_v4_ov.checkpoint.release import check_folder
-    from deepseek_v4_ov.export.pipeline import check_disk, projection_of, resolve
+    from deepseek_v4_ov.export.pipeline import check_cpu_memory, check_disk, projection_of, resolve
 
     checkpoint = check_folder(opts.src)
     opts, chosen = resolve(opts, checkpoint)  # checks the options first
     projection = projection_of(checkpoint, opts)
     print(dry_run(checkpoint).format_table())
     print(f"  this export: {projection.describe()}{chosen}")
+    check_cpu_memory(projection)
     if check_output:
         check_disk(opts.output, projection)
         print(f"  fits: ~{size_text(projection.disk_bytes)} needed where {opts.output} goes")

@@ -167,6 +167,24 @@ def test_export_that_does_not_fit_is_refused(toy, tmp_path, capsys, monkeypatch)
     assert "fits:" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
 
 
+def test_native_refused_where_the_cpu_would_expand_it_beyond_memory(tmp_path, capsys, monkeypatch):
+    """`native`/`mxfp4`: the CPU plugin expands f4e2m1 experts to f32 (CPU_EXPANSION, measured); an export
+    whose expanded weights exceed this machine's memory is refused before any work, naming the factor and
+    int4; the dry run too. Where they fit (the toys) the export runs."""
+    src = tmp_path / "seed-fp8"
+    write_toy(src, PRESETS["seed"], seed=0, fmt="fp8")
+    smallest = min(exporter.projection_of(check_folder(src), ExportOptions(src, tmp_path / "o", weight_format=fmt)
+                                          .resolved("fp8")).cpu_private_bytes for fmt in ("native", "mxfp4"))
+    monkeypatch.setattr(exporter, "physical_memory", lambda: smallest - 1)
+    for fmt in ("native", "mxfp4"):
+        assert run_cli("--model", src, tmp_path / "out", "--weight-format", fmt) == 2, fmt
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "expands f4e2m1" in err and "export int4" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed-fp8"]
+    assert run_cli("--model", src, "--weight-format", "native", "--dry-run") == 2
+    assert "expands f4e2m1" in capsys.readouterr().err
+
+
 def test_weight_format_default_is_resolved_from_the_source(tmp_path):
     """`auto` (the default): int4 for a release-layout (FP8/FP4) source, fp32 for BF16/FP32 sources;
     explicit formats stay as given."""
@@ -268,7 +286,7 @@ def test_precision_policy(variants):
         print(f"\n{fmt}:\n" + "\n".join(f"  {g:<38} {v['weights']} scales {v['scales']} groups {v['group_sizes']}"
                                         for g, v in r.items()))
     assert all(_main_types(reports["fp32"], g) == {"f32"} for g in reports["fp32"] if g != "other constants")
-    expert = {"int8": ("u8", [-1]), "int4": ("u4", [32]), "mxfp4": ("f4e2m1", [32])}
+    expert = {"int8": ("u8", [-1]), "int4": ("i4", [64]), "mxfp4": ("f4e2m1", [32])}
     for fmt, (dtype, groups) in expert.items():
         r = reports[fmt]
         assert _main_types(r, "routed experts") == {dtype} and r["routed experts"]["group_sizes"] == groups, fmt
@@ -276,9 +294,9 @@ def test_precision_policy(variants):
         assert "u8" in _main_types(r, "attention core"), fmt
         assert _main_types(r, "mHC (hc_*)") == {"f32"}, fmt  # release F32
         assert _main_types(r, "router (gate weight, bias, tid2eid)") == {"f16"}, fmt  # release BF16
-        assert _main_types(r, "embed / head") == {"f16"}, fmt
+        assert _main_types(r, "embed / head") == {"f16", "u8"}, fmt  # BF16 embed f16, head INT8 (default)
         assert _main_types(r, "compressor") <= {"f16", "f32"}, fmt
-    assert set(reports["int4"]["routed experts"]["scales"]) == {"f16", "u4"}  # asym: f16 scale + u4 zero point
+    assert set(reports["int4"]["routed experts"]["scales"]) == {"f16"}  # sym: an f16 scale, no zero point
     assert set(reports["mxfp4"]["routed experts"]["scales"]) == {"f8e8m0"}
 
 

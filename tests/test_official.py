@@ -135,7 +135,8 @@ def test_dry_run_projects_size_peak_and_runtime(tmp_path, capsys):
     report = dry_run(checkpoint)
     p = report.projections
     assert 1.10e12 < p["fp32"].ir_bytes < 1.15e12 and p["fp16"].ir_bytes * 2 == pytest.approx(p["fp32"].ir_bytes, 1e-3)
-    assert p["native"].ir_bytes < p["int4"].ir_bytes < 1.1 * p["native"].ir_bytes < p["int8"].ir_bytes
+    # int4 (sym g64: 4.25 bits, as FP4 + E8M0) is within 1% of native: its INT8 head saves what native's f16 head costs
+    assert abs(p["int4"].ir_bytes / p["native"].ir_bytes - 1) < 0.01 and 1.1 * p["native"].ir_bytes < p["int8"].ir_bytes
     for proj in p.values():
         assert proj.context == RUNTIME_CONTEXT and proj.runtime_bytes == proj.ir_bytes + proj.state_bytes
         assert proj.ir_bytes / 40 < proj.peak_bytes < proj.ir_bytes  # one layer of 43 (+ stored + FP32 scratch)

@@ -66,7 +66,7 @@ def test_release_source_defaults_to_int4(sharded, tmp_path):
     lines: list[str] = []
     result = pipeline.export(sharded, tmp_path / "out", convert_tokenizer=False, log=lines.append)
     ov_config = json.loads((tmp_path / "out" / "openvino_config.json").read_text())
-    assert ov_config["dtype"] == "int4" and ov_config["quantization_config"]["mode"] == "int4_asym"
+    assert ov_config["dtype"] == "int4" and ov_config["quantization_config"]["mode"] == "int4_sym"
     assert any(line.strip().startswith("projected int4: IR weights ~") and line.endswith(
         "(--weight-format auto is int4 for this fp8 checkpoint)") for line in lines), lines
     assert "  projected int4: IR weights ~" in lines[-1] and "runtime ~" in lines[-1]

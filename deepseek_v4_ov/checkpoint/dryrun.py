@@ -24,6 +24,12 @@ PROJECTED_FORMATS = ("native", *WEIGHT_FORMATS)
 RUNTIME_CONTEXT = 32_768
 """The context (tokens, batch 1) at which runtime memory is projected (the model's maximum if shorter)."""
 STATE_BYTES = 4  # the IR's states are f32
+CPU_EXPANSION = {"native": 14.6, "mxfp4": 14.6}
+"""Private memory per byte of IR weights that OpenVINO 2026.4.1's CPU plugin holds for formats whose routed
+experts it expands when compiling: f4e2m1 experts in GatherMatmul become f32. Measured with
+`benchmarks/upstream/compressed_moe.py --form grouped --weights f4e2m1` (256 experts 2048 x 4096; form
+"experts grouped f4e2m1 (native)" in benchmarks/results/v4_flash_projection.json). The compressed formats
+(int4, int8) hold ~1.0-1.15x: their projection's runtime figure stands."""
 
 
 def unit_of(name: str) -> str:
@@ -116,6 +122,11 @@ class Projection:
     @property
     def disk_bytes(self) -> int:
         return 2 * self.ir_bytes
+
+    @property
+    def cpu_private_bytes(self) -> int:
+        """The CPU plugin's private memory for the weights of this format (`CPU_EXPANSION`; 1x otherwise)."""
+        return int(self.ir_bytes * CPU_EXPANSION.get(self.weight_format, 1.0))
 
     def describe(self) -> str:
         return (f"{self.weight_format}: IR weights ~{size_text(self.ir_bytes)}, conversion peak "

@@ -120,12 +120,13 @@ def stacked_fp4_subgraph(qs: list[torch.Tensor], ss: list[torch.Tensor], shape: 
     return _decompress(w, sc, shape, name)
 
 
-def check_native_options(group_size=None, sym=False, ratio=None, backup_precision=None, all_layers=False, awq=False,
-                         group_size_fallback=None) -> None:
+def check_native_options(group_size=None, sym=None, ratio=None, backup_precision=None, all_layers=False, awq=False,
+                         group_size_fallback=None, head_precision=None) -> None:
     """`native` takes none of the NNCF compression options; raise ValueError naming the first one given."""
-    given = {"--group-size": group_size is not None, "--sym": sym, "--ratio": ratio is not None,
+    given = {"--group-size": group_size is not None, "--sym": sym is True, "--asym": sym is False, "--ratio": ratio is not None,
              "--backup-precision": backup_precision is not None, "--all-layers": all_layers, "--awq": awq,
-             "--group-size-fallback": group_size_fallback is not None}
+             "--group-size-fallback": group_size_fallback is not None,
+             "--head-precision": head_precision is not None}
     bad = [k for k, v in given.items() if v]
     if bad:
         raise ValueError(f"{bad[0]} does not apply to --weight-format native (the release's own encodings are kept)")

@@ -6,7 +6,11 @@ Formats (`--weight-format`, named as in `optimum-cli export openvino`):
     fp32   nothing changes
     fp16   weight matrices stored as f16 (f16 constant + Convert, what `compress_to_fp16` writes)
     int8   INT8_ASYM per output channel (INT8_SYM with `sym`)
-    int4   INT4_ASYM, group 32 by default (INT4_SYM with `sym`)
+    int4   INT4_SYM, group 64 by default (narrower inputs: the largest group that divides them); INT4_ASYM
+           with `sym=False` (`--asym`). Why: `benchmarks/fp4_requant.py` (error re-quantising the release's
+           FP4 experts) and `benchmarks/layer_types.py` forms (the CPU plugin keeps ~6-9 bytes of f32
+           scale/zero point per group beside its copy of the weights: private memory per weight byte
+           int4 asym g32 ~1.5, sym g64 ~1.13); README "Runtime on a Xeon"
     mxfp4  NNCF MXFP4: e2m1 values with an E8M0 scale per 32 inputs (the OCP microscaling format)
 
 Precision policy. The release itself says which tensors tolerate low precision: it stores the routed
@@ -22,10 +26,13 @@ IR precision per release storage class (`official.storage_class` of the tensor's
                                                                     formats (int8_asym unless
                                                                     `backup_precision`), the format itself
                                                                     for int8; with `all_layers` the format
-    release BF16 embed, head, router gate, compressor wkv/wgate,
+    release BF16 embed, router gate, compressor wkv/wgate,
                  indexer weights_proj and compressor            -> f16 (exact for BF16 values in f16's
                                                                     normal range); embed/head take the
                                                                     format with `all_layers`
+    release BF16 head                                           -> 8 bit as the FP8 tensors
+                                                                    (`head_precision` "int8", the default),
+                                                                    or f16 ("f16")
     release F32  hc_*_fn (mHC), attn_sink, ape, gate.bias        -> f32, always
     vectors (norm weights) and computed constants (RoPE tables, masks, shapes) are left as traced (f32).
 
@@ -34,6 +41,10 @@ which experts run (a flipped top-k is a different computation, not a small error
 a Sinkhorn normalisation, and the compressor/indexer weights pick which compressed entries attention sees;
 all are tiny (~0.3 % of V4-Flash) and the release's authors kept them in 16/32 bit. 4 bit goes where the
 release already uses 4 bit; the FP8 tensors get 8 bit. `fp32` leaves everything in f32.
+The one departure: the LM head (BF16 in the release) is INT8 per output channel by default, because
+batch-1 decode reads all of it every token (V4-Flash: 1.06 GB in f16, 0.53 GB in INT8) and the CPU
+plugin runs the f16 head at well under the memory bandwidth (`benchmarks/layer_types.py` forms: head
+f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits.
 
 The policy is applied with NNCF `ignored_scope` built from the IR: every weight constant is mapped back
 to its official tensor name (`resolve`), from the constant's own name (`self.model.<official name>`) or,
@@ -60,7 +71,8 @@ from deepseek_v4_ov.checkpoint.release import BF16, F32, FP4, FP8, I64, group_of
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
-DEFAULT_GROUP_SIZE = 32
+HEAD_PRECISIONS = ("int8", "f16")
+DEFAULT_GROUP_SIZE = {"int4": 64, "mxfp4": 32}
 OTHER = "other constants"
 
 # ops NNCF may compress the weights of; every one outside a pass's target set goes to its ignored_scope
@@ -80,13 +92,24 @@ class CompressionOptions:
     """What `optimum-cli export openvino` calls the weight-only compression options (data-free ones)."""
 
     weight_format: str = "fp32"
-    group_size: int | None = None  # None: 32 for int4/mxfp4, per channel (-1) for int8
-    sym: bool = False
+    group_size: int | None = None  # None: DEFAULT_GROUP_SIZE (int4/mxfp4), per channel (-1) for int8
+    sym: bool | None = None  # None: symmetric for int4, asymmetric for int8
     ratio: float | None = None  # None: 1.0
     backup_precision: str | None = None  # None: int8_asym
     all_layers: bool = False
     awq: bool = False  # data-free AWQ (scales from weight magnitudes)
     group_size_fallback: str | None = None  # None: error
+    head_precision: str | None = None  # None: int8 (`HEAD_PRECISIONS`; int8/int4/mxfp4 formats only)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.sym if self.sym is not None else self.weight_format == "int4"
+
+    @property
+    def head_int8(self) -> bool:
+        """Whether the LM head is stored in 8 bit (the default of the compressed formats: decode reads the
+        whole head every token, see the module docstring)."""
+        return self.weight_format in ("int8", "int4", "mxfp4") and (self.head_precision or "int8") == "int8"
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that does not apply to the chosen format."""
@@ -97,14 +120,17 @@ class CompressionOptions:
         given = {"--group-size": self.group_size is not None, "--ratio": self.ratio is not None,
                  "--backup-precision": self.backup_precision is not None, "--awq": self.awq,
                  "--group-size-fallback": self.group_size_fallback is not None}
+        if self.head_precision is not None and self.head_precision not in HEAD_PRECISIONS:
+            raise ValueError(f"--head-precision {self.head_precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}")
         if fmt in ("fp32", "fp16"):
-            given.update({"--sym": self.sym, "--all-layers": self.all_layers})
+            given.update({"--sym": self.sym is True, "--asym": self.sym is False, "--all-layers": self.all_layers,
+                          "--head-precision": self.head_precision is not None})
             bad = [k for k, v in given.items() if v]
             if bad:
                 raise ValueError(f"{bad[0]} applies to int8/int4/mxfp4 weight formats, not {fmt}")
             return
         if fmt == "int8":
-            bad = [k for k, v in given.items() if v and k != "--group-size"]
+            bad = [k for k, v in given.items() if v and k not in ("--group-size", "--head-precision")]
             if bad:
                 raise ValueError(f"{bad[0]} applies to 4-bit weight formats (int4, mxfp4), not int8")
             if self.group_size not in (None, -1):
@@ -136,15 +162,18 @@ class CompressionOptions:
         if fmt in ("fp32", "fp16"):
             return out
         if fmt == "int8":
-            return {**out, "mode": "int8_sym" if self.sym else "int8_asym", "group_size": -1,
-                    "all_layers": self.all_layers}
-        mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.sym else "int4_asym")
+            return {**out, "mode": "int8_sym" if self.symmetric else "int8_asym", "group_size": -1,
+                    "all_layers": self.all_layers, "head_precision": self.head_precision or "int8"}
+        mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.symmetric else "int4_asym")
+        default_group = self.group_size is None and fmt == "int4"
         return {**out, "mode": mode,
-                "group_size": DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size,
+                "group_size": DEFAULT_GROUP_SIZE[fmt] if self.group_size is None else self.group_size,
                 "ratio": 1.0 if self.ratio is None else self.ratio,
                 "backup_precision": self.backup_precision or "int8_asym",
                 "all_layers": self.all_layers, "awq": self.awq,
-                "group_size_fallback": self.group_size_fallback or "error"}
+                # the default group narrows where an input is narrower (small toys); a given one is checked
+                "group_size_fallback": self.group_size_fallback or ("adjust" if default_group else "error"),
+                "head_precision": self.head_precision or "int8"}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -281,6 +310,8 @@ def target_of(name: str, opts: CompressionOptions) -> str:
         return PRIMARY if opts.all_layers or opts.weight_format == "int8" else EIGHT_BIT
     if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
         return PRIMARY
+    if name == "head.weight" and opts.head_int8:
+        return PRIMARY if opts.weight_format == "int8" else EIGHT_BIT
     if kind == BF16:
         return HALF
     return FULL  # F32 class (hc_*, sinks, ape, gate.bias) and I64 tables
@@ -309,12 +340,14 @@ def _ignored_all_but(ov_model: ov.Model, keep: set[str]):
     return nncf.IgnoredScope(names=names, validate=False)
 
 
-def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | None = None, sym: bool = False,
+def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | None = None,
+             sym: bool | None = None,
              ratio: float | None = None, backup_precision: str | None = None, all_layers: bool = False,
-             awq: bool = False, group_size_fallback: str | None = None, verbose: bool = False) -> ov.Model:
+             awq: bool = False, group_size_fallback: str | None = None, head_precision: str | None = None,
+             verbose: bool = False) -> ov.Model:
     """Compress `ov_model` in place (and return it) following the module's precision policy."""
     opts = CompressionOptions(weight_format, group_size, sym, ratio, backup_precision, all_layers, awq,
-                              group_size_fallback)
+                              group_size_fallback, head_precision)
     return compress_with(ov_model, opts, verbose)
 
 
@@ -410,7 +443,7 @@ def _bits_per_element(target: str, opts: CompressionOptions, in_features: int) -
     if fmt == "int8":
         return eight(r["mode"])
     g = in_features if r["group_size"] == -1 else r["group_size"]
-    four = 4 + 8 / 32 if fmt == "mxfp4" else 4 + (16 + (0 if opts.sym else 4)) / g
+    four = 4 + 8 / 32 if fmt == "mxfp4" else 4 + (16 + (0 if opts.symmetric else 4)) / g
     backup = r["backup_precision"]
     rest = 16.0 if backup == "none" else eight(backup)
     return r["ratio"] * four + (1 - r["ratio"]) * rest

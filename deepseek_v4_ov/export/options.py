@@ -38,12 +38,13 @@ class ExportOptions:
     output: Path
     weight_format: str = AUTO
     group_size: int | None = None
-    sym: bool = False
+    sym: bool | None = None
     ratio: float | None = None
     backup_precision: str | None = None
     all_layers: bool = False
     awq: bool = False
     group_size_fallback: str | None = None
+    head_precision: str | None = None
     prefill_only: bool = False
     overwrite: bool = False
     convert_tokenizer: bool = True
@@ -90,7 +91,7 @@ class ExportOptions:
         if self.auto:
             raise ValueError("--weight-format auto is resolved from the source; call resolved(checkpoint.fmt) first")
         nncf = (self.group_size, self.sym, self.ratio, self.backup_precision, self.all_layers, self.awq,
-                self.group_size_fallback)
+                self.group_size_fallback, self.head_precision)
         if self.native:
             check_native_options(*nncf)
         opts = CompressionOptions("fp32" if self.native else self.weight_format, *nncf)

@@ -21,6 +21,7 @@ back from the IR constants, time per stage, peak memory.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import openvino as ov
 
-from deepseek_v4_ov.checkpoint.dryrun import Projection, project, size_text
+from deepseek_v4_ov.checkpoint.dryrun import CPU_EXPANSION, Projection, project, size_text
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
 from deepseek_v4_ov.compress.policy import (
@@ -115,7 +116,9 @@ def validate(opts: ExportOptions) -> Checkpoint:
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
                               f"with E8M0 scales); this one is {checkpoint.fmt}")
     _check_group_size(checkpoint.config, compression)
-    check_disk(output, projection_of(checkpoint, opts))
+    projection = projection_of(checkpoint, opts)
+    check_disk(output, projection)
+    check_cpu_memory(projection)
     gen = src / GENERATION_CONFIG
     if gen.is_file():
         try:
@@ -174,6 +177,24 @@ def check_disk(output: Path, projection: Projection) -> None:
             f"free space (IR weights ~{size_text(projection.ir_bytes)}, held twice while the pieces are stitched) "
             f"but {where} has {size_text(free)} free; free space, choose another OUTPUT or a smaller "
             "--weight-format (--dry-run projects each)")
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_cpu_memory(projection: Projection) -> None:
+    """Refuse a format the CPU plugin expands at compile time (`CPU_EXPANSION`) when the expanded weights
+    would not fit in this machine's memory, naming the measured factor and the runnable choice."""
+    factor = CPU_EXPANSION.get(projection.weight_format)
+    ram = physical_memory()
+    if factor is not None and projection.cpu_private_bytes > ram:
+        raise ValueError(
+            f"--weight-format {projection.weight_format}: OpenVINO 2026.4.1's CPU plugin expands f4e2m1 routed "
+            f"experts to f32 when compiling (measured {factor:g}x private memory per IR byte, README \"Runtime at "
+            f"V4-Flash widths\"): this IR (~{size_text(projection.ir_bytes)}) would need "
+            f"~{size_text(projection.cpu_private_bytes)} on the CPU, this machine has {size_text(ram)}; export int4 "
+            "(the default, ~1.1x) to run on the CPU")
 
 
 def _check_group_size(config, opts: CompressionOptions) -> None:
