@@ -4,6 +4,7 @@ run, side by side.
 
     .venv/bin/python benchmarks/speculative.py [--prompts 4] [--prompt-length 120] [--new-tokens 128]
                                                [--repeats 3] [--threads N] [--json FILE]
+    .venv/bin/python benchmarks/speculative.py --readme RUN.json [RUN2.json]   # README block from runs
 
 The trained toy is written and exported three times (the plain target; with its MTP drafter, `export
 --drafter mtp`; in the -0731 layout with its DSpark drafter, `export --drafter dspark`) into --workdir, reused
@@ -21,6 +22,7 @@ verify call of varying length pays on the CPU plugin).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -32,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ensure_export, machine, machine_line, python_main, run_child, table, write_json  # noqa: E402
+from _common import (ensure_export, machine, machine_line, python_main, replace_readme_block, run_child,  # noqa: E402
+                     table, write_json)
 
 from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer  # noqa: E402
 from deepseek_v4_ov.runtime.generate import Generator  # noqa: E402
@@ -84,7 +87,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS of target and drafter alike "
                                                            "(default 0: the plugin's choice, all cores)")
     ap.add_argument("--json", default=None, help="write the results here (e.g. benchmarks/results/speculative.json)")
+    ap.add_argument("--readme", nargs="+", type=Path, metavar="JSON",
+                    help="write README's `speculative` block from these runs' JSON files and exit")
     args = ap.parse_args()
+    if args.readme:
+        blocks = [report(json.loads(path.read_text())) for path in args.readme]
+        replace_readme_block(ROOT / "README.md", "speculative", "\n\n".join(blocks))
+        return
     info = machine()
     print(machine_line(info), flush=True)
     src = ensure_trained(args.workdir)
@@ -118,10 +127,22 @@ def main() -> None:
                       f"tok/s (x{runs[-1]['ratio']:.2f}; per CPU second x{runs[-1]['cpu_ratio']:.2f}), acceptance "
                       f"{s.acceptance:.3f}", flush=True)
     summary = {mode: summarize([r for r in runs if r["mode"] == mode]) for mode in spec}
+    costs = call_costs(plain_dir, config, prompts[0])
+    payload = {"machine": info, "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(args).items()},
+               "summary": summary, "call_cpu_ms": costs, "runs": runs}
     print()
-    threads = f"{args.threads} thread(s)" if args.threads else "default threads"
-    print(f"`{PRESET}`, FP32 IR, f32 hint, {threads}, {args.prompts} held-out prompts of {args.prompt_length} tokens, "
-          f"{args.new_tokens} new tokens, {args.repeats} repeats; {machine_line(info)}")
+    print(report(payload))
+    write_json(args.json, payload)
+
+
+def report(payload: dict) -> str:
+    """The tables of one run (its JSON payload): decode speed by drafter, the drafters' figures, the target
+    call's cost by length."""
+    summary, args, costs = payload["summary"], payload["args"], payload["call_cpu_ms"]
+    threads = f"{args['threads']} thread(s)" if args["threads"] != "0" else "default threads"
+    lines = [f"`{PRESET}`, FP32 IR, f32 hint, {threads}, {args['prompts']} held-out prompts of "
+             f"{args['prompt_length']} tokens, {args['new_tokens']} new tokens, {args['repeats']} repeats; "
+             f"`{payload['command']}`; {machine_line(payload['machine'])}", ""]
     first = summary["mtp"]
     rows = [["plain greedy", f"{first['plain_tokens_per_s']:.1f}", "1.00", f"{first['plain_best_tokens_per_s']:.1f}",
              "1.00", f"{first['plain_tokens_per_cpu_s']:.1f}", "1.00"]]
@@ -130,20 +151,18 @@ def main() -> None:
         rows.append([label, f"{m['tokens_per_s']:.1f}", f"{m['ratio_of_medians']:.2f}", f"{m['best_tokens_per_s']:.1f}",
                      f"{m['ratio_of_best']:.2f}", f"{m['tokens_per_cpu_s']:.1f}",
                      f"{m['median_ratio']:.2f} / {m['median_cpu_ratio']:.2f}"])
-    print(table(["decode", "tokens/s (median)", "x plain", "tokens/s (best run)", "x plain",
-                 "tokens per CPU s (median)", "median per-run x plain (wall / CPU)"], rows))
-    print(table(["drafter", "acceptance (drafts)", "mean accepted per step", "tokens per target call",
-                 "drafter ms/step", "snapshot ms/step", "snapshot share of decode", "snapshot size",
-                 "restores per step"], [[
+    lines += [table(["decode", "tokens/s (median)", "x plain", "tokens/s (best run)", "x plain",
+                     "tokens per CPU s (median)", "median per-run x plain (wall / CPU)"], rows), ""]
+    lines += [table(["drafter", "acceptance (drafts)", "mean accepted per step", "tokens per target call",
+                     "drafter ms/step", "snapshot ms/step", "snapshot share of decode", "snapshot size",
+                     "restores per step"], [[
         mode, f"{m['acceptance']:.3f}", f"{m['mean_accepted']:.2f}", f"{m['tokens_per_step']:.2f}",
         f"{m['drafter_ms_per_step']:.2f}", f"{m['snapshot_ms_per_step']:.3f}",
         f"{100 * m['snapshot_share_of_decode']:.2f}%", f"{m['snapshot_bytes'] / 1e3:.1f} kB",
-        f"{m['restores_per_step']:.2f}"] for mode, m in summary.items()]))
-    costs = call_costs(plain_dir, config, prompts[0])
-    print(table(["target call of", "1 token", "2 tokens", "2 and 3 tokens alternating"], [[
-        "CPU ms (median)", *(f"{costs[k]:.2f}" for k in ("1", "2", "2/3"))]]))
-    write_json(args.json, {"machine": info, "command": " ".join(sys.argv), "args": {
-        k: str(v) for k, v in vars(args).items()}, "summary": summary, "call_cpu_ms": costs, "runs": runs})
+        f"{m['restores_per_step']:.2f}"] for mode, m in summary.items()]), ""]
+    lines += [table(["target call of", "1 token", "2 tokens", "2 and 3 tokens alternating"], [[
+        "CPU ms (median)", *(f"{costs[k]:.2f}" for k in ("1", "2", "2/3"))]])]
+    return "\n".join(lines)
 
 
 def summarize(runs: list[dict]) -> dict[str, float]:
