@@ -26,15 +26,13 @@ per DSpark draft position, top-1 and the mean accepted prefix (teacher-forced: t
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toy.train import BIAS_RATE, SEQ_LEN, fake_release
+from toy.train import SEQ_LEN, draw_batch, optimise
 
 PRESET = "trained-full"
 CONFIDENCE_WEIGHT = 0.1
@@ -146,58 +144,18 @@ def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, 
     print(f"drafters of {PRESET}: MTP {sum(p.numel() for n, p in mtp_model.named_parameters() if p.requires_grad):,} "
           f"and DSpark {sum(p.numel() for n, p in dspark_model.named_parameters() if p.requires_grad):,} parameters "
           f"trained, {steps} steps of {batch}x{SEQ_LEN} ({anchors} DSpark anchors per sequence) on {device}", flush=True)
-    opt = torch.optim.AdamW([{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": 0.1},
-                             {"params": [p for n, p in params if p.dim() < 2 and not n.endswith("gate.bias")],
-                              "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
     gates = [m for model in (mtp_model, dspark_model) for n, m in model.named_modules()
              if n.startswith("mtp.") and type(m).__name__ == "Gate"]
-    loads: dict[int, torch.Tensor] = {}
-
-    def count_picks(module, args, output):
-        loads[id(module)] = torch.bincount(output[0].flatten(), minlength=module.weight.shape[0]).float()
-
-    for g in gates:
-        g.register_forward_hook(count_picks)
-    quantised = [(n, p) for n, p in params if p.dim() == 2]
     gen = torch.Generator().manual_seed(seed)
-    warmup, qat_start = max(1, steps // 20), int(steps * (1 - qat_fraction))
-    log, start = [], time.perf_counter()
-    for step in range(steps):
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * max(scale, 0.05)
-        starts = torch.randint(0, len(train_ids) - SEQ_LEN - 1, (batch,), generator=gen).numpy()
-        ids = torch.from_numpy(np.stack([train_ids[s : s + SEQ_LEN + 1] for s in starts])).to(device)
+
+    def step_loss(step: int):
+        ids = draw_batch(train_ids, batch, gen, device)
         picks = draw_anchors(batch, anchors, SEQ_LEN, c.sliding_window, c.dspark_block_size, gen).to(device)
-        masters = None
-        if step >= qat_start:  # straight-through, as toy.train
-            masters = [p.data.clone() for _, p in quantised]
-            with torch.no_grad():
-                for name, p in quantised:
-                    p.data.copy_(fake_release(name, p.data))
         parts = losses(mtp_model, dspark_model, ids, picks)
         loss = parts["mtp"] + parts["dspark"] + CONFIDENCE_WEIGHT * parts["confidence"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        if masters is not None:
-            with torch.no_grad():
-                for (_, p), m in zip(quantised, masters):
-                    p.data.copy_(m)
-        opt.step()
-        with torch.no_grad():
-            for g in gates:
-                load = loads[id(g)]
-                g.bias.add_(BIAS_RATE * torch.sign(load.mean() - load))
-        if step % log_every == 0 or step == steps - 1:
-            entry = {"step": step, **{k: round(float(v), 4) for k, v in parts.items() if k != "dspark_top1"},
-                     "qat": masters is not None, "elapsed_s": round(time.perf_counter() - start, 1)}
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-        if max_seconds and time.perf_counter() - start > max_seconds:
-            print(f"stopped early at step {step} of {steps}: --max-seconds {max_seconds} reached", flush=True)
-            break
-    train_s = time.perf_counter() - start
+        return loss, {k: round(float(v.detach()), 4) for k, v in parts.items() if k != "dspark_top1"}
+
+    log, steps_done, train_s = optimise(params, gates, steps, lr, qat_fraction, step_loss, log_every, max_seconds)
     for model in (mtp_model, dspark_model):
         model.eval()
     master_eval = evaluate(mtp_model, dspark_model, held_ids, device, anchors)
@@ -206,7 +164,7 @@ def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, 
     for sub, stored in (("mtp", mtp_stored), ("dspark", dspark_stored)):
         (out / sub).mkdir(exist_ok=True)
         write_shards(out / sub, stored, 2 << 20)
-    summary = {"preset": PRESET, "seed": seed, "steps": steps, "steps_done": step + 1, "batch": batch, "anchors": anchors, "seq_len": SEQ_LEN,
+    summary = {"preset": PRESET, "seed": seed, "steps": steps, "steps_done": steps_done, "batch": batch, "anchors": anchors, "seq_len": SEQ_LEN,
                "lr": lr, "qat_fraction": qat_fraction, "device": device, "torch": torch.__version__,
                "train_s": round(train_s, 1), "heldout_master": master_eval, "heldout_stored": stored_eval, "log": log}
     (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")

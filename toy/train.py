@@ -230,6 +230,67 @@ def evaluate(model, ids: np.ndarray, device: str, seq: int = SEQ_LEN) -> dict:
     return out
 
 
+def optimise(params: list[tuple[str, torch.nn.Parameter]], gates: list, steps: int, lr: float, qat_fraction: float,
+             step_loss, log_every: int = 50, max_seconds: float = 0.0) -> tuple[list[dict], int, float]:
+    """The training loop of the toys and of their drafters: AdamW (weight decay 0.1 on matrices, none on
+    vectors and router biases, betas 0.9/0.95), 5% warm-up then cosine to 5% of `lr`, gradients clipped at
+    1.0; the routers `gates` balanced without gradient (bias += BIAS_RATE * sign(mean load - load)); the
+    last `qat_fraction` of the steps straight-through on the weights rounded as the release stores them.
+    `step_loss(step)` draws its batch and returns (loss, fields to log). Returns the log, the steps done and
+    the seconds spent."""
+    opt = torch.optim.AdamW([{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": 0.1},
+                             {"params": [p for n, p in params if p.dim() < 2 and not n.endswith("gate.bias")],
+                              "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    loads: dict[int, torch.Tensor] = {}
+
+    def count_picks(module, args, output):
+        loads[id(module)] = torch.bincount(output[0].flatten(), minlength=module.weight.shape[0]).float()
+
+    for g in gates:
+        g.register_forward_hook(count_picks)
+    warmup, qat_start = max(1, steps // 20), int(steps * (1 - qat_fraction))
+    quantised = [(n, p) for n, p in params if p.dim() == 2 and p.is_floating_point()]
+    log, start, step = [], time.perf_counter(), 0
+    for step in range(steps):
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr * max(scale, 0.05)
+        masters = None
+        if step >= qat_start:  # straight-through: forward/backward on the stored values, update the masters
+            masters = [p.data.clone() for _, p in quantised]
+            with torch.no_grad():
+                for name, p in quantised:
+                    p.data.copy_(fake_release(name, p.data))
+        loss, fields = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        if masters is not None:
+            with torch.no_grad():
+                for (_, p), m in zip(quantised, masters):
+                    p.data.copy_(m)
+        opt.step()
+        with torch.no_grad():
+            for g in gates:
+                load = loads[id(g)]
+                g.bias.add_(BIAS_RATE * torch.sign(load.mean() - load))
+        if step % log_every == 0 or step == steps - 1:
+            entry = {"step": step, **fields, "lr": opt.param_groups[0]["lr"], "qat": masters is not None,
+                     "elapsed_s": round(time.perf_counter() - start, 1)}
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+        if max_seconds and time.perf_counter() - start > max_seconds:
+            print(f"stopped early at step {step} of {steps}: --max-seconds {max_seconds} reached", flush=True)
+            break
+    return log, step + 1, time.perf_counter() - start
+
+
+def draw_batch(ids: np.ndarray, batch: int, gen: torch.Generator, device: str) -> torch.Tensor:
+    """`batch` random windows of SEQ_LEN + 1 training tokens."""
+    starts = torch.randint(0, len(ids) - SEQ_LEN - 1, (batch,), generator=gen).numpy()
+    return torch.from_numpy(np.stack([ids[s : s + SEQ_LEN + 1] for s in starts])).to(device)
+
+
 def train(data: Path, preset_name: str, out: Path, steps: int, batch: int, lr: float, seed: int, device: str,
           qat_fraction: float, log_every: int = 50, max_seconds: float = 0.0) -> None:
     from deepseek_v4_ov.checkpoint.layout import write_shards
@@ -247,59 +308,16 @@ def train(data: Path, preset_name: str, out: Path, steps: int, batch: int, lr: f
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{preset_name}: {n_params:,} parameters, {len(train_ids):,} training tokens, {steps} steps of "
           f"{batch}x{SEQ_LEN} on {device}", flush=True)
-    names = {p: n for n, p in model.named_parameters()}
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 and not n.endswith("gate.bias")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
-    gates = [m for m in model.modules() if type(m).__name__ == "Gate" and not m.hashed]
-    loads: dict[int, torch.Tensor] = {}
-
-    def count_picks(module, args, output):
-        loads[id(module)] = torch.bincount(output[0].flatten(), minlength=module.weight.shape[0]).float()
-
-    for g in gates:
-        g.register_forward_hook(count_picks)
     gen = torch.Generator().manual_seed(seed)
-    warmup, qat_start = max(1, steps // 20), int(steps * (1 - qat_fraction))
-    quantised = [(names[p], p) for p in model.parameters() if p.dim() == 2 and p.is_floating_point()]
-    log, start = [], time.perf_counter()
-    for step in range(steps):
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * max(scale, 0.05)
-        starts = torch.randint(0, len(train_ids) - SEQ_LEN - 1, (batch,), generator=gen).numpy()
-        ids = torch.from_numpy(np.stack([train_ids[s : s + SEQ_LEN + 1] for s in starts])).to(device)
-        masters = None
-        if step >= qat_start:  # straight-through: forward/backward on the stored values, update the masters
-            masters = [p.data.clone() for _, p in quantised]
-            with torch.no_grad():
-                for name, p in quantised:
-                    p.data.copy_(fake_release(name, p.data))
-        main, mtp = losses(model, ids)
+
+    def step_loss(step: int):
+        main, mtp = losses(model, draw_batch(train_ids, batch, gen, device))
         loss = main + (MTP_WEIGHT * mtp if mtp is not None else 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if masters is not None:
-            with torch.no_grad():
-                for (_, p), m in zip(quantised, masters):
-                    p.data.copy_(m)
-        opt.step()
-        with torch.no_grad():
-            for g in gates:
-                load = loads[id(g)]
-                g.bias.add_(BIAS_RATE * torch.sign(load.mean() - load))
-        if step % log_every == 0 or step == steps - 1:
-            entry = {"step": step, "loss": main.item(), "mtp_loss": mtp.item() if mtp is not None else None,
-                     "lr": opt.param_groups[0]["lr"], "qat": masters is not None,
-                     "elapsed_s": round(time.perf_counter() - start, 1)}
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-        if max_seconds and time.perf_counter() - start > max_seconds:
-            print(f"stopped early at step {step} of {steps}: --max-seconds {max_seconds} reached", flush=True)
-            break
-    train_s = time.perf_counter() - start
+        return loss, {"loss": main.item(), "mtp_loss": mtp.item() if mtp is not None else None}
+
+    gates = [m for m in model.modules() if type(m).__name__ == "Gate" and not m.hashed]
+    log, steps_done, train_s = optimise(list(model.named_parameters()), gates, steps, lr, qat_fraction, step_loss,
+                                        log_every, max_seconds)
     master_eval = evaluate(model, held_ids, device)
     model = model.cpu().float()
     stored: dict[str, torch.Tensor] = {}
@@ -311,7 +329,7 @@ def train(data: Path, preset_name: str, out: Path, steps: int, batch: int, lr: f
     stored_eval = evaluate(model.to(device), held_ids, device)
     write_shards(out, stored, 2 << 20)
     summary = {"preset": preset_name, "parameters": n_params, "seed": seed, "steps": steps,
-               "steps_done": step + 1, "batch": batch,
+               "steps_done": steps_done, "batch": batch,
                "seq_len": SEQ_LEN, "lr": lr, "qat_fraction": qat_fraction, "device": device,
                "torch": torch.__version__, "train_s": round(train_s, 1),
                "final_train_loss": log[-1]["loss"], "final_train_mtp_loss": log[-1]["mtp_loss"],
