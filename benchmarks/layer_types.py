@@ -3,7 +3,7 @@ the V4-Flash projection computed from them.
 
     python benchmarks/layer_types.py --experts 256 --ratios 0 4 128 --workdir /tmp/lt \\
         --json benchmarks/results/layer_types.json --projection benchmarks/results/v4_flash_projection.json
-    python benchmarks/layer_types.py --merge benchmarks/results/layer_types.json \
+    python benchmarks/layer_types.py --merge benchmarks/results/layer_types.json [--slices-from OTHER.json] \
         --projection benchmarks/results/v4_flash_projection.json        # (again) from a run's JSON
     python benchmarks/layer_types.py --readme benchmarks/results/v4_flash_projection.json   # README block
 
@@ -448,6 +448,9 @@ def main() -> int:
     ap.add_argument("--readme", type=Path, help="write the README block from this projection JSON and exit")
     ap.add_argument("--merge", type=Path, help="merge this earlier --json result into --projection and exit")
     ap.add_argument("--forms-from", type=Path, help="with --merge: take the forms from this run's JSON")
+    ap.add_argument("--slices-from", type=Path, nargs="+", default=[],
+                    help="with --merge: add the measured slices of these runs' JSON (same machine; e.g. a layer "
+                         "type that did not fit the first run) and recompute the projection from all of them")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--hint", default="f32", help=argparse.SUPPRESS)
     ap.add_argument("--dq", type=int, default=None, help=argparse.SUPPRESS)
@@ -462,6 +465,11 @@ def main() -> int:
             other = json.loads(args.forms_from.read_text())
             result["forms"] = other["forms"]
             result["command"] += f" (forms: {other['command']}, {other['machine']['date']})"
+        for path in args.slices_from:
+            other = json.loads(path.read_text())
+            result["slices"] += [b for b in other["slices"] if "per_layer" in b]
+            result["command"] += f" (+ slices: {other['command']}, {other['machine']['date']})"
+            result.pop("projection", None)  # recomputed from every measured slice
         merge_projection(Path(args.projection), result)
         return 0
     if args.worker:
