@@ -230,3 +230,6 @@ def test_dspark_toy_generates_with_and_without_drafter(dspark_exported, tmp_path
     assert spec["drafter"] == "dspark" and "dspark_mean_accepted" in spec and "dspark_acceptance" in spec
     assert cli(["generate", "--model", str(root / "ov-plain"), "--prompt-ids", ids, "--dspark"]) == 2
     assert cli(["generate", "--model", str(root / "ov"), "--prompt-ids", ids, "--mtp"]) == 2
+    with pytest.raises(CheckpointError, match=r"--drafter mtp: the checkpoint has no MTP block \(it has a DSpark"):
+        export(root / "toy", tmp_path / "refused", log=lambda line: None, drafter="mtp")
+    assert not (tmp_path / "refused").exists()

@@ -67,8 +67,9 @@ class ExportOptions:
         `config.drafter`): "mtp", "dspark" or None. `auto` is the checkpoint's (none for a prefill-only
         export); an explicit drafter the checkpoint lacks raises ValueError."""
         if self.drafter in (MTP, DSPARK) and has != self.drafter:
-            found = {MTP: "an MTP block", DSPARK: "a DSpark drafter", None: "no drafter"}[has]
-            raise ValueError(f"--drafter {self.drafter}: the checkpoint has {found}")
+            names = {MTP: "MTP block", DSPARK: "DSpark drafter"}
+            raise ValueError(f"--drafter {self.drafter}: the checkpoint has no {names[self.drafter]}"
+                             + (f" (it has a {names[has]}: --drafter {has})" if has else ""))
         if self.drafter in (MTP, DSPARK) or (self.drafter == AUTO and not self.prefill_only):
             return has
         return None
