@@ -187,6 +187,7 @@ def run_generate(args: argparse.Namespace) -> None:
         Generator, Sampling, check_prompt, check_request, parse_ids, stderr_progress,
     )
     from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
+    from deepseek_v4_ov.runtime.speculative import check_threshold
 
     drafter = "mtp" if args.mtp else "dspark" if args.dspark else None
     sampling = Sampling(args.do_sample, args.temperature, args.top_k, args.top_p, args.seed)
@@ -200,8 +201,7 @@ def run_generate(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads {args.threads}: must be >= 0")
     if args.confidence_threshold and drafter != "dspark":
         raise ValueError("--confidence-threshold: only with --dspark (the DSpark drafter's confidence head)")
-    if not 0.0 <= args.confidence_threshold < 1.0:
-        raise ValueError(f"--confidence-threshold {args.confidence_threshold}: must be in [0, 1)")
+    check_threshold(args.confidence_threshold)
     gen = Generator(args.model, drafter, args.device,
                     {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})},
                     args.confidence_threshold)

@@ -117,23 +117,10 @@ def evaluate(mtp_model, dspark_model, ids: np.ndarray, device: str, anchors: int
     return {k: (v.tolist() if v.dim() else float(v)) for k, v in sums.items()} | {"windows": n}
 
 
-def encoded_drafter(model) -> dict[str, torch.Tensor]:
-    """The model's `mtp.*` tensors in the release layout; the model is left holding their exact stored values."""
-    from deepseek_v4_ov.checkpoint.release import decode_release, encode_release
-
-    stored = {}
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.startswith("mtp."):
-                encoded = encode_release(name, tensor.cpu().float())
-                tensor.copy_(decode_release(name, encoded).to(tensor))
-                stored.update(encoded)
-    return stored
-
-
 def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, lr: float, seed: int, device: str,
                    qat_fraction: float, log_every: int = 50, max_seconds: float = 0.0) -> None:
     from deepseek_v4_ov.checkpoint.layout import write_shards
+    from deepseek_v4_ov.checkpoint.release import round_to_release
 
     out.mkdir(parents=True, exist_ok=True)
     train_ids = np.load(data / "train_ids.npy").astype(np.int64)
@@ -159,7 +146,7 @@ def train_drafters(data: Path, out: Path, steps: int, batch: int, anchors: int, 
     for model in (mtp_model, dspark_model):
         model.eval()
     master_eval = evaluate(mtp_model, dspark_model, held_ids, device, anchors)
-    mtp_stored, dspark_stored = encoded_drafter(mtp_model), encoded_drafter(dspark_model)
+    mtp_stored, dspark_stored = round_to_release(mtp_model, "mtp."), round_to_release(dspark_model, "mtp.")
     stored_eval = evaluate(mtp_model, dspark_model, held_ids, device, anchors)
     for sub, stored in (("mtp", mtp_stored), ("dspark", dspark_stored)):
         (out / sub).mkdir(exist_ok=True)

@@ -296,7 +296,7 @@ def train(data: Path, preset_name: str, out: Path, steps: int, batch: int, lr: f
     from deepseek_v4_ov.checkpoint.layout import write_shards
     from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
     from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-    from deepseek_v4_ov.checkpoint.release import decode_release, encode_release
+    from deepseek_v4_ov.checkpoint.release import round_to_release
     from toy.presets import PRESETS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -320,12 +320,7 @@ def train(data: Path, preset_name: str, out: Path, steps: int, batch: int, lr: f
                                         log_every, max_seconds)
     master_eval = evaluate(model, held_ids, device)
     model = model.cpu().float()
-    stored: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            encoded = encode_release(name, tensor)
-            tensor.copy_(decode_release(name, encoded))
-            stored.update(encoded)
+    stored = round_to_release(model)
     stored_eval = evaluate(model.to(device), held_ids, device)
     write_shards(out, stored, 2 << 20)
     summary = {"preset": preset_name, "parameters": n_params, "seed": seed, "steps": steps,
@@ -350,6 +345,15 @@ def ship(run: Path, dest: Path) -> None:
     print(f"shipped {run} -> {dest}")
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a training run (`train`, `drafters`) that `optimise` and the batches use."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--qat-fraction", type=float, default=0.2)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--max-seconds", type=float, default=0.0, help="safety stop (recorded in the log); 0: none")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m toy.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -363,11 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--steps", type=int, default=1500)
     b.add_argument("--batch", type=int, default=128)
     b.add_argument("--lr", type=float, default=3e-3)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    b.add_argument("--qat-fraction", type=float, default=0.2)
-    b.add_argument("--log-every", type=int, default=50)
-    b.add_argument("--max-seconds", type=float, default=0.0, help="safety stop (recorded in the log); 0: none")
+    add_run_options(b)
     c = sub.add_parser("ship")
     c.add_argument("run", type=Path)
     c.add_argument("dest", type=Path)
@@ -378,11 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--batch", type=int, default=32)
     d.add_argument("--anchors", type=int, default=48, help="DSpark blocks per training sequence")
     d.add_argument("--lr", type=float, default=2e-3)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    d.add_argument("--qat-fraction", type=float, default=0.2)
-    d.add_argument("--log-every", type=int, default=50)
-    d.add_argument("--max-seconds", type=float, default=0.0, help="safety stop (recorded in the log); 0: none")
+    add_run_options(d)
     e = sub.add_parser("ship-drafters", help="copy a `drafters` run into toy/trained")
     e.add_argument("run", type=Path)
     args = p.parse_args(argv)

@@ -210,6 +210,19 @@ def encode_release(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: tensor if kind == I64 else tensor.to(torch.float32 if kind == F32 else torch.bfloat16)}
 
 
+def round_to_release(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The model's tensors whose names start with `prefix`, in the release layout (`encode_release`, on the
+    CPU, floating tensors in FP32); the model is left holding exactly their stored (dequantised) values."""
+    stored: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.startswith(prefix):
+                encoded = encode_release(name, tensor.cpu().float() if tensor.is_floating_point() else tensor.cpu())
+                tensor.copy_(decode_release(name, encoded).to(tensor))
+                stored.update(encoded)
+    return stored
+
+
 def decode_release(name: str, stored: dict[str, torch.Tensor]) -> torch.Tensor:
     """Inverse of `encode_release`: the exact FP32 value of a quantised weight, or the stored tensor."""
     kind = storage_class(name)

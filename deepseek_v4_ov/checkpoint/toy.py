@@ -23,7 +23,7 @@ import torch
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP, SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, decode_release, encode_release, storage_class
+from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, round_to_release, storage_class
 from deepseek_v4_ov.checkpoint.tokenizer import write_toy_tokenizer
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "model"  # the bundled pair
@@ -167,12 +167,7 @@ def _toy_and_tensors(
         if fmt != "fp8":
             stored = {name: t.to(official_dtype(name, t, fmt)) for name, t in model.state_dict().items()}
             return model, stored
-        stored = {}
-        for name, tensor in model.state_dict().items():
-            encoded = encode_release(name, tensor)
-            tensor.copy_(decode_release(name, encoded))
-            stored.update(encoded)
-    return model, stored
+    return model, round_to_release(model)
 
 
 def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:

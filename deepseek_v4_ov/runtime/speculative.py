@@ -53,11 +53,11 @@ class Drafter(Protocol):
         `[1, K]` (int64) and their confidences `[1, K]` (the drafter's probability of each)."""
 
 
-class MTPDrafter:
-    """The exported MTP block (openvino_drafter_model.xml): at t, the target's final streams and token t+1
-    predict token t+2; its own sliding-window state advances with every committed position."""
+class CompiledDrafter:
+    """A stateful drafter IR (openvino_drafter_model.xml) compiled with one infer request: what the drafters
+    share. `run(taps, input_ids)` feeds it the target's taps and token ids."""
 
-    drafts_per_step = 1
+    drafts_per_step: int
 
     def __init__(self, model: ov.Model | str | Path, core: ov.Core, device: str = "CPU",
                  config: dict | None = None) -> None:
@@ -68,10 +68,20 @@ class MTPDrafter:
     def reset(self) -> None:
         self.request.reset_state()
 
+    def run(self, taps: np.ndarray, input_ids: np.ndarray) -> None:
+        self.request.infer({"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                            TAPS: np.ascontiguousarray(taps), "beam_idx": self.beam})
+
+
+class MTPDrafter(CompiledDrafter):
+    """The exported MTP block: at t, the target's final streams and token t+1 predict token t+2; its own
+    sliding-window state advances with every committed position."""
+
+    drafts_per_step = 1
+
     def logits(self, taps: np.ndarray, next_ids: np.ndarray) -> np.ndarray:
         """FP32 logits `[1, n, vocab]` of token t+2 for each fed position t."""
-        self.request.infer({"input_ids": np.ascontiguousarray(next_ids, dtype=np.int64),
-                            TAPS: np.ascontiguousarray(taps), "beam_idx": self.beam})
+        self.run(taps, next_ids)
         return self.request.get_tensor("logits").data
 
     def propose(self, taps: np.ndarray, next_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,28 +91,28 @@ class MTPDrafter:
         return draft[:, None].astype(np.int64), (p.max(-1) / p.sum(-1))[:, None]
 
 
-class DSparkDrafter:
-    """The exported DSpark stages (openvino_drafter_model.xml): one call absorbs the taps of the newly
-    committed positions into the stages' context rings and drafts K tokens after the bonus (the last of
-    `next_ids`). Drafts past the point where the running product of the confidences (the drafter's estimate
-    that every draft so far is accepted) falls below `threshold` are not proposed (0, the default: all K,
-    so every verify call has the same length, which the CPU plugin runs fastest)."""
+def check_threshold(threshold: float) -> None:
+    """A DSpark confidence threshold is a probability below 1 (1 would never verify a draft)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"--confidence-threshold {threshold}: must be in [0, 1)")
+
+
+class DSparkDrafter(CompiledDrafter):
+    """The exported DSpark stages: one call absorbs the taps of the newly committed positions into the
+    stages' context rings and drafts K tokens after the bonus (the last of `next_ids`). Drafts past the
+    point where the running product of the confidences (the drafter's estimate that every draft so far is
+    accepted) falls below `threshold` are not proposed (0, the default: all K, so every verify call has the
+    same length, which the CPU plugin runs fastest)."""
 
     def __init__(self, model: ov.Model | str | Path, core: ov.Core, device: str = "CPU",
                  config: dict | None = None, threshold: float = 0.0, drafts_per_step: int = 5) -> None:
-        model = core.read_model(model) if not isinstance(model, ov.Model) else model
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"--confidence-threshold {threshold}: must be in [0, 1)")
+        check_threshold(threshold)
+        super().__init__(model, core, device, config)
         self.drafts_per_step = drafts_per_step  # the block size (openvino_config.json's drafter record)
-        self.request = core.compile_model(model, device, config or {}).create_infer_request()
-        self.beam, self.threshold = np.zeros(1, dtype=np.int32), threshold
-
-    def reset(self) -> None:
-        self.request.reset_state()
+        self.threshold = threshold
 
     def propose(self, taps: np.ndarray, next_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.request.infer({"input_ids": np.ascontiguousarray(next_ids[:, -1:], dtype=np.int64),
-                            TAPS: np.ascontiguousarray(taps), "beam_idx": self.beam})
+        self.run(taps, next_ids[:, -1:])
         drafts = np.array(self.request.get_tensor("draft_ids").data, dtype=np.int64)
         confidence = np.array(self.request.get_tensor("confidence").data, dtype=np.float64)
         keep = int(np.argmin(np.append(np.cumprod(confidence[0]) >= self.threshold, False)))
