@@ -18,8 +18,11 @@ the V4-Flash projection computed from them.
    every timed call follows an untimed call of the same shape; before each timed call a 1 GiB buffer is
    read, so that the slice's weights come from memory, not from the last-level cache (V4-Flash's 43 layers
    could not stay there). A second compile with PERF_COUNT gives the
-   per-op-type profile of one decode step and one prefill, split into embed / layer / head by execution
-   order (a node belongs to the part of the last named node before it).
+   steady-state profile (`decode_profile.CallProfile`) of a second prefill and of 10 decode steps after 4
+   warm-up steps, split into embed / layer / head by the port module each node was traced from; the
+   layer's share of it splits the unprofiled times. (Until 2026-12-03 this profile was read after the
+   first calls, and the plugin's counters average every call since compile, prefill included: the
+   "decode" profiles of earlier runs were mostly prefill.)
    Variants (`--variants`, on the CSA slice): other precision hints and dynamic-quantization group sizes.
 3. Forms (`--forms`): `benchmarks/upstream/compressed_moe.py` cases at full width (256 experts): the
    routed experts' form (grouped = GatherMatmul, per-expert FC, one fused FC), int4 sym/asym and group
@@ -52,10 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (ROOT, last_json, machine, machine_line, memory_mb, python_main,  # noqa: E402
                      replace_readme_block, run_child, table, write_json)
+from decode_profile import CallProfile  # noqa: E402
 
 TYPE_NAMES = {0: "SWA (ratio 0)", 4: "CSA (ratio 4)", 128: "HCA (ratio 128)"}
 VERIFY_S = (1, 2, 5)
 EVICT_BYTES = 1 << 30  # larger than the CPU's last-level cache (480 MiB on the Xeons measured)
+PROFILE_STEPS = 10  # decode steps the steady-state profile averages
 FORMS = [  # (label, compressed_moe.py arguments), most telling first (`--forms-s` may cut the list short)
     ("experts grouped int4 sym g64 [f32] (the export's form)", "--form grouped --weights int4 --sym --group 64"),
     ("experts grouped int4 asym g32 (the earlier default)", "--form grouped --weights int4 --group 32"),
@@ -83,46 +88,6 @@ FORMS = [  # (label, compressed_moe.py arguments), most telling first (`--forms-
 
 
 # ---------------------------------------------------------------------------------------------- worker
-
-
-def _part(name: str, current: str) -> str:
-    if re.search(r"layers\.\d+", name):
-        return "layer"
-    if re.search(r"embed", name):
-        return "embed"
-    if re.search(r"\bhead\b|hc_head|model\.norm|logits", name):
-        return "head"
-    return current
-
-
-def profile(request) -> dict[str, Any]:
-    """The last call's executed nodes: ms and count per node type (exec type in brackets), ms per part
-    (embed / layer / head, by execution order), the Broadcast nodes and the largest nodes."""
-    by_type: dict[str, list[float]] = {}
-    parts = {"embed": 0.0, "layer": 0.0, "head": 0.0}
-    ops_in = {"embed": 0, "layer": 0, "head": 0}
-    broadcasts, nodes, part = [], [], "embed"
-    for p in request.get_profiling_info():
-        part = _part(p.node_name, part)
-        if p.status != p.Status.EXECUTED:
-            continue
-        ms = p.real_time.total_seconds() * 1e3
-        key = f"{p.node_type} [{p.exec_type}]"
-        by_type.setdefault(key, [0.0, 0])
-        by_type[key][0] += ms
-        by_type[key][1] += 1
-        parts[part] += ms
-        ops_in[part] += 1
-        nodes.append((ms, p.node_name, key))
-        if p.node_type == "Broadcast":
-            broadcasts.append((ms, p.node_name))
-    top = sorted(by_type.items(), key=lambda kv: -kv[1][0])
-    return {"total_ms": round(sum(parts.values()), 4), "part_ms": {k: round(v, 4) for k, v in parts.items()},
-            "executed_ops": ops_in,
-            "by_type": {k: {"ms": round(v[0], 4), "count": v[1]} for k, v in top},
-            "broadcasts": {"count": len(broadcasts), "ms": round(sum(b[0] for b in broadcasts), 4),
-                           "top": [[round(ms, 4), n] for ms, n in sorted(broadcasts, reverse=True)[:8]]},
-            "top_nodes": [[round(ms, 4), n, k] for ms, n, k in sorted(nodes, reverse=True)[:12]]}
 
 
 def worker(ir: Path, hint: str, dq: int | None, prompt: int, new: int, reps: int, with_profile: bool) -> dict:
@@ -179,15 +144,21 @@ def worker(ir: Path, hint: str, dq: int | None, prompt: int, new: int, reps: int
     private = mem["ran"]["private"] - mem["start"]["private"]
     out["private_over_bin"] = round(private * 2**20 / out["bin_bytes"], 4)
     out["file_over_bin"] = round((mem["ran"]["file"] - mem["start"]["file"]) * 2**20 / out["bin_bytes"], 4)
-    if with_profile:
+    if with_profile:  # steady state: the second prefill, decode steps after 4 warm-up steps
         del lm
-        lm = OVCausalLM(ir, config={**config, "PERF_COUNT": "YES"}, core=core)
-        prefill()
-        prefill()
-        out["profile_prefill"] = profile(lm.request)
+        prof = CallProfile(OVCausalLM(ir, config={**config, "PERF_COUNT": "YES"}, core=core))
+        prof.reset()
+        prof(ids[:, :prompt])
+        prof.reset()
+        first = prof.snapshot()
+        prof(ids[:, :prompt])
+        out["profile_prefill"] = CallProfile.between(first, prof.snapshot())
         for i in range(4):
-            lm(ids[:, prompt + i:prompt + i + 1])
-        out["profile_decode"] = profile(lm.request)
+            prof(ids[:, prompt + i:prompt + i + 1])
+        first = prof.snapshot()
+        for i in range(4, 4 + PROFILE_STEPS):
+            prof(ids[:, prompt + i:prompt + i + 1])
+        out["profile_decode"] = CallProfile.between(first, prof.snapshot())
     return out
 
 
@@ -225,8 +196,8 @@ def layer_split(ir: Path) -> dict[str, float]:
 
 def per_layer(res: dict) -> dict[str, Any]:
     """Split a slice's decode / prefill / verify time into its layer and its ends by the profile's shares."""
-    share_d = res["profile_decode"]["part_ms"]["layer"] / res["profile_decode"]["total_ms"]
-    share_p = res["profile_prefill"]["part_ms"]["layer"] / res["profile_prefill"]["total_ms"]
+    share_d = res["profile_decode"]["parts"]["layer"]["share"]
+    share_p = res["profile_prefill"]["parts"]["layer"]["share"]
     return {"layer_share_decode": round(share_d, 4), "layer_share_prefill": round(share_p, 4),
             "layer_decode_ms": round(res["decode_ms"] * share_d, 3),
             "ends_decode_ms": round(res["decode_ms"] * (1 - share_d), 3),
@@ -234,7 +205,7 @@ def per_layer(res: dict) -> dict[str, Any]:
             "ends_prefill_ms": round(res["prefill_ms"] * (1 - share_p), 2),
             "layer_verify_ms": {s: round(v * share_d, 3) for s, v in res["verify_ms"].items()},
             "ends_verify_ms": {s: round(v * (1 - share_d), 3) for s, v in res["verify_ms"].items()},
-            "layer_executed_ops_decode": res["profile_decode"]["executed_ops"]["layer"]}
+            "layer_executed_ops_decode": res["profile_decode"]["executed_nodes"]["layer"]}
 
 
 def project(types: dict[int, dict], bandwidth_gbs: float, prompt: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 from conftest import prompt
 from deepseek_v4_ov.model.configuration_deepseek_v4 import SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import (
-    DeepseekV4ForCausalLM, HcHead, apply_rope, rms_normalize, rope_angles, rope_inv_freq,
+    DeepseekV4ForCausalLM, HcHead, rms_normalize, rope_inv_freq,
 )
 from toy.presets import PRESETS
 
@@ -50,8 +50,15 @@ def taps_and_bonus(model, length: int, seed: int = 5):
 # The reference
 # ------------------------------------------------------------------------------------------------------
 def rope_at(x: torch.Tensor, position: int, inv_freq: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    cos, sin = rope_angles(torch.tensor(float(position)), inv_freq)
-    return apply_rope(x, cos, sin, inverse)
+    """The spec's rotation, pair by pair: channel pair (2i, 2i+1) of the trailing 2*len(inv_freq) channels
+    turned by position * inv_freq[i] (negative with `inverse`)."""
+    out, rest = x.float().clone(), x.shape[-1] - 2 * inv_freq.shape[0]
+    for i, f in enumerate(inv_freq.tolist()):
+        angle = torch.tensor(-position * f if inverse else position * f)
+        a, b = x[..., rest + 2 * i].float(), x[..., rest + 2 * i + 1].float()
+        out[..., rest + 2 * i] = a * angle.cos() - b * angle.sin()
+        out[..., rest + 2 * i + 1] = a * angle.sin() + b * angle.cos()
+    return out.to(x.dtype)
 
 
 def reference_attention(attn, block_x, ring_src, ring_positions, block_positions, inv_freq, causal=False,

@@ -26,8 +26,9 @@ IR precision per release storage class (`official.storage_class` of the tensor's
                                                                     formats (int8_asym unless
                                                                     `backup_precision`), the format itself
                                                                     for int8; with `all_layers` the format
-    release BF16 embed, router gate, compressor wkv/wgate,
-                 indexer weights_proj and compressor            -> f16 (exact for BF16 values in f16's
+    release BF16 compressor wkv/wgate (matrices of >= 1M        -> 8 bit as the FP8 tensors in the
+                 elements, `LARGE_BF16`)                           compressed formats, f16 in fp16
+    release BF16 embed, router gate, indexer weights_proj       -> f16 (exact for BF16 values in f16's
                                                                     normal range); embed/head take the
                                                                     format with `all_layers`
     release BF16 head                                           -> 8 bit as the FP8 tensors
@@ -266,13 +267,19 @@ def _from_module(path: str, op: str, const_shape: tuple[int, ...]) -> str | None
     return None
 
 
+def row_block_name(name: str, start: int, stop: int) -> str:
+    """The constant name of rows `start:stop` of weight `name` held as a weight of its own (wo_a's groups,
+    one linear each); `resolve` reads it as `name`."""
+    return f"{name}[{start}:{stop}]"
+
+
 def resolve(const) -> WeightConstant:
     """Official name and part of one IR Constant (name None: not a model weight, e.g. a RoPE table)."""
     friendly = const.get_friendly_name()
     base, suffix = _SUFFIX_RE.match(friendly).groups()
     part = {"scale": "scale", "second_order_scale": "scale"}.get(suffix or "", "zero_point" if suffix else "weight")
     consumer = _consumer(const)
-    m = re.match(r"self\.(?:model\.)?(.+)$", base)
+    m = re.match(r"self\.(?:model\.)?(.+?)(?:\[\d+:\d+\])?$", base)  # [a:b]: a block of rows (weights.py)
     if m:
         return WeightConstant(const, m.group(1), part, consumer)
     shape = tuple(const.get_output_partial_shape(0).to_shape())
@@ -301,17 +308,29 @@ def _weighted_op(wc: WeightConstant):
 PRIMARY, EIGHT_BIT, HALF, FULL = "primary", "8-bit", "f16", "f32"
 
 
-def target_of(name: str, opts: CompressionOptions) -> str:
-    """Where the policy puts a weight matrix with official name `name` (before `ratio`)."""
+LARGE_BF16 = 1 << 20
+"""A BF16-class matrix of at least this many elements (the compressors' wkv/wgate, 4.2M and 1.0M at V4-Flash
+widths) is stored in 8 bit by the compressed formats: the CPU plugin runs an f16 matrix outside a compressed
+FullyConnected as f32, i.e. 4x its INT8 bytes read on every token. The embedding (a row lookup, read one row
+per token) and the router gate (its top-k decides which experts run; 256 x 4096) keep f16."""
+
+
+def target_of(name: str, opts: CompressionOptions, elements: int) -> str:
+    """Where the policy puts a weight matrix with official name `name` of `elements` elements (before
+    `ratio`)."""
     kind = storage_class(name)
     if kind == FP4:
         return PRIMARY
+    eight = PRIMARY if opts.weight_format == "int8" else EIGHT_BIT
     if kind == FP8:
-        return PRIMARY if opts.all_layers or opts.weight_format == "int8" else EIGHT_BIT
+        return PRIMARY if opts.all_layers else eight
     if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
         return PRIMARY
     if name == "head.weight" and opts.head_int8:
-        return PRIMARY if opts.weight_format == "int8" else EIGHT_BIT
+        return eight
+    if (kind == BF16 and elements >= LARGE_BF16 and opts.weight_format in ("int8", "int4", "mxfp4")
+            and name not in ("embed.weight", "head.weight") and not name.endswith(".ffn.gate.weight")):
+        return eight
     if kind == BF16:
         return HALF
     return FULL  # F32 class (hc_*, sinks, ape, gate.bias) and I64 tables
@@ -328,7 +347,8 @@ def plan(ov_model: ov.Model, opts: CompressionOptions) -> dict[str, list[str]]:
         if wc.node.get_output_element_type(0) not in (ov.Type.f32, ov.Type.f16, ov.Type.bf16):
             continue
         seen.add(op.get_friendly_name())
-        out["unknown" if wc.name is None else target_of(wc.name, opts)].append(op.get_friendly_name())
+        elements = math.prod(wc.node.get_output_partial_shape(0).to_shape())
+        out["unknown" if wc.name is None else target_of(wc.name, opts, elements)].append(op.get_friendly_name())
     return out
 
 
@@ -463,7 +483,7 @@ def theoretical_bytes(config, opts: CompressionOptions, include_mtp: bool = Fals
         if storage_class(name) == I64:
             bits = 64.0
         elif len(shape) == 2 and name.endswith(".weight"):
-            bits = _bits_per_element(target_of(name, opts), opts, shape[1])
+            bits = _bits_per_element(target_of(name, opts, n), opts, shape[1])
         else:
             bits = 32.0
         group = key(name)
@@ -539,4 +559,4 @@ def format_report(report: dict[str, GroupPrecision]) -> str:
 
 __all__ = ["WEIGHT_FORMATS", "BACKUP_PRECISIONS", "GROUP_SIZE_FALLBACKS", "CompressionOptions", "compress",
            "compress_with", "plan", "precision_report", "format_report", "report_dict", "resolve",
-           "weight_constants", "target_of", "theoretical_bytes", "F32"]
+           "weight_constants", "target_of", "theoretical_bytes", "F32", "row_block_name"]

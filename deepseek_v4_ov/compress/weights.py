@@ -30,7 +30,7 @@ import torch
 
 from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, Checkpoint, scale_name, storage_class
 from deepseek_v4_ov.compress.native import fp4_subgraph, fp8_subgraph, half_constant, stacked_fp4_subgraph
-from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with
+from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with, row_block_name
 
 _WEIGHT_RE = re.compile(r"^(embed\.|head\.|norm\.|hc_head_|(layers|mtp)\.\d+\.)")
 _EXPERTS_RE = re.compile(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(w[123])$")
@@ -69,6 +69,32 @@ def _replace(param: ov.Node, output: ov.Output) -> None:
             target.replace_source_output(output)
 
 
+def _row_split(param: ov.Node) -> ov.Node | None:
+    """The split of the weight `param` into blocks of rows, if that is its only use besides reading its
+    shape (`Attention.output` chunks wo_a into one linear per group): each block is then bound as a
+    constant of its own, so that compression sees G plain linears."""
+    targets = [t for t in param.output(0).get_target_inputs() if t.get_node().get_type_name() != "ShapeOf"]
+    node = targets[0].get_node() if len(targets) == 1 else None
+    if node is None or node.get_type_name() not in ("Split", "VariadicSplit") or targets[0].get_index() != 0:
+        return None
+    axis = node.input_value(1).get_node()
+    if axis.get_type_name() != "Constant" or int(axis.get_data()) != 0:
+        return None
+    return node
+
+
+def _bind_row_blocks(param: ov.Node, split: ov.Node, tensor: torch.Tensor, name: str) -> None:
+    """Feed each output of `split` (`torch.chunk` over rows: blocks of ceil(rows / n), the last what is
+    left) from a constant of its rows of `tensor`."""
+    size = -(-tensor.shape[0] // split.get_output_size())
+    for k, out in enumerate(split.outputs()):
+        start, stop = k * size, min((k + 1) * size, tensor.shape[0])
+        block = _plain(tensor[start:stop], row_block_name(name, start, stop))
+        for target in list(out.get_target_inputs()):
+            target.replace_source_output(block.output(0))
+    _replace(param, param.output(0))  # what still reads the weight reads its shape: a constant now
+
+
 def _plain(tensor: torch.Tensor, name: str) -> ov.Node:
     data = tensor.to(torch.float32).numpy() if tensor.is_floating_point() else tensor.numpy()
     c = ops.constant(np.ascontiguousarray(data), shared_memory=True)  # no second copy of the weight
@@ -99,7 +125,11 @@ def bind_weights(ov_model: ov.Model, source, compression: CompressionOptions | N
         elif native and kind == BF16 and len([d for d in param.get_output_shape(0) if d != 1]) >= 2:
             coded[name] = half_constant(source.tensor(name), f"self.model.{name}")
         else:
-            _replace(param, _plain(source.tensor(name), name).output(0))
+            split = _row_split(param)
+            if split is None:
+                _replace(param, _plain(source.tensor(name), name).output(0))
+            else:  # one constant per block of rows (`row_block_name`), each a weight of its own linear
+                _bind_row_blocks(param, split, source.tensor(name), name)
             ov_model.remove_parameter(param)
     ov_model.validate_nodes_and_infer_types()
     if compression is not None and compression.weight_format != "fp32":

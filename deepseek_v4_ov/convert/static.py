@@ -33,6 +33,7 @@ prompt plus its response must fit; `StaticCacheLM` refuses more). Batch 1, one t
 from __future__ import annotations
 
 import math
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,7 @@ from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA
 from deepseek_v4_ov.model.modeling_deepseek_v4 import (
     MoE, DeepseekV4Cache, DeepseekV4ForCausalLM, set_experts_implementation, set_state_layout,
 )
+from deepseek_v4_ov.compress.policy import row_block_name
 from deepseek_v4_ov.convert.stateful import INPUT_PREFIX, OUTPUT_PREFIX, make_topk_stable, name_ports
 from deepseek_v4_ov.runtime.ov_lm import OVCausalLM, read_ir
 
@@ -156,18 +158,21 @@ def convert(model: DeepseekV4ForCausalLM, max_len: int, stateful: bool = True) -
 
 
 def _name_folded_weights(ov_model: ov.Model, model: DeepseekV4ForCausalLM) -> None:
-    """With static shapes the frontend folds `wo_a.weight.view(groups, -1, in)` into a new Constant named after
-    the view; give it the weight's name back, as the port's (dynamic) IR has it, so that `compression`
-    resolves it to `layers.{i}.attn.wo_a.weight` like every other weight."""
+    """With static shapes the frontend folds `Attention.output`'s chunks of wo_a into constants named after
+    the split (`...attn/prim::ListUnpack/VariadicSplit.k`); name each as the block of rows it is
+    (`row_block_name`), as the port's (dynamic) IR binds them, so that `compression` resolves them to
+    `layers.{i}.attn.wo_a.weight` like every other weight."""
+    pattern = re.compile(r"__module\.model\.layers\.(\d+)\.attn/prim::ListUnpack/VariadicSplit\.(\d+)$")
     for op in ov_model.get_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() != "Constant" or "/aten::view/" not in name or not name.startswith("__module.model.layers."):
+        m = pattern.match(op.get_friendly_name())
+        if op.get_type_name() != "Constant" or m is None:
             continue
-        layer = int(name.split(".")[3].split("/")[0])
-        attn = model.layers[layer].attn
-        view = (attn.groups, attn.wo_a.out_features // attn.groups, attn.wo_a.in_features)
-        if name.startswith(f"__module.model.layers.{layer}.attn/") and tuple(op.get_output_shape(0)) == view:
-            op.set_friendly_name(f"self.model.layers.{layer}.attn.wo_a.weight")
+        layer, block = int(m.group(1)), int(m.group(2))
+        wo_a = model.layers[layer].attn.wo_a
+        rows = wo_a.out_features // model.layers[layer].attn.groups
+        if tuple(op.get_output_shape(0)) == (rows, wo_a.in_features):
+            op.set_friendly_name(row_block_name(f"self.model.layers.{layer}.attn.wo_a.weight", block * rows,
+                                                (block + 1) * rows))
 
 
 def max_len_of(ov_model: ov.Model) -> int:

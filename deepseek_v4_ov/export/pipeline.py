@@ -21,6 +21,7 @@ back from the IR constants, time per stage, peak memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -205,7 +206,7 @@ def _check_group_size(config, opts: CompressionOptions) -> None:
     if gs <= 0 or r.get("group_size_fallback") != "error":
         return
     bad = [(n, s) for n, s in logical_tensors(config).items()
-           if len(s) == 2 and target_of(n, opts) == PRIMARY and s[1] % gs]
+           if len(s) == 2 and target_of(n, opts, math.prod(s)) == PRIMARY and s[1] % gs]
     if bad:
         name, shape = bad[0]
         raise ValueError(f"--group-size {gs} does not divide the input size of {len(bad)} weight(s), e.g. "

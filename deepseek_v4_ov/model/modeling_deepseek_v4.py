@@ -89,36 +89,70 @@ def rope_inv_freq(rope_dim: int, theta: float, yarn: dict | None) -> torch.Tenso
     return (base * (1 - ramp) + base / factor * ramp).float()
 
 
-def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin `[..., rope_dim/2]` of positions `[...]` (FP32)."""
-    angles = positions.float().unsqueeze(-1) * inv_freq
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Rotate the trailing `2*cos.shape[-1]` channels of x as adjacent (interleaved) pairs.
-
-    cos/sin must broadcast to `x[..., :rope_dim/2]`. `inverse` rotates by the negative angle.
-    """
-    rope_dim = 2 * cos.shape[-1]
-    rest, rot = x[..., :-rope_dim], x[..., -rope_dim:].float().unflatten(-1, (-1, 2))
-    a, b = rot[..., 0], rot[..., 1]
-    if inverse:
-        sin = -sin
-    rot = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-    return torch.cat((rest, rot.to(x.dtype)), dim=-1)
-
-
 class Rope(nn.Module):
-    """RoPE of one layer kind: main (sliding layers) or compress (CSA/HCA layers, YaRN)."""
+    """RoPE of one layer kind: main (sliding layers) or compress (CSA/HCA layers, YaRN). Called with
+    positions, it gives the `Rotation` of rows at those positions."""
 
     def __init__(self, rope_dim: int, theta: float, yarn: dict | None) -> None:
         super().__init__()
         self.spec = (rope_dim, theta, yarn)
         self.register_buffer("inv_freq", rope_inv_freq(rope_dim, theta, yarn), persistent=False)
+        self.by_width: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_angles(positions, self.inv_freq)
+    def reset(self) -> None:
+        """Recompute the frequencies (after the buffer was moved or filled in place)."""
+        with torch.no_grad():
+            self.inv_freq.copy_(rope_inv_freq(*self.spec))
+        self.by_width.clear()
+
+    def channels(self, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For rows `width` wide whose trailing `rope_dim` channels rotate as adjacent pairs: each channel's
+        frequency (0 on the channels before them), the sign of its sine term (-1, +1 per pair; 0 before)
+        and the index of its pair partner (itself before them). Made once per width from `inv_freq`, so
+        that a trace holds them as constants."""
+        key = (width, self.inv_freq.device)
+        if key not in self.by_width:
+            rope_dim = 2 * self.inv_freq.shape[0]
+            if width < rope_dim:
+                raise ValueError(f"RoPE over {rope_dim} channels of rows {width} wide")
+            rest, device = width - rope_dim, self.inv_freq.device
+            freq = torch.cat((torch.zeros(rest, device=device), self.inv_freq.float().repeat_interleave(2)))
+            sign = torch.tensor([0.0] * rest + [-1.0, 1.0] * (rope_dim // 2), device=device)
+            partner = torch.tensor([*range(rest), *(rest + (c ^ 1) for c in range(rope_dim))], device=device)
+            self.by_width[key] = (freq, sign, partner)
+        return self.by_width[key]
+
+    def forward(self, positions: torch.Tensor) -> Rotation:
+        return Rotation(positions, self)
+
+
+class Rotation:
+    """The rotation of rows at `positions [...]`: rows `[..., width]` (any axes between the positions' and
+    the channels, e.g. heads) have their trailing `rope_dim` channels rotated as adjacent (interleaved)
+    pairs by angle position x frequency. Per row width one cos and one signed-sin table `[..., width]` is
+    made (cos = 1, sin = 0 on the channels that do not rotate), so a rotation is x * cos + partner(x) * sin:
+    one gather and a fused multiply-add where the traced graph would otherwise slice, stack and concatenate."""
+
+    def __init__(self, positions: torch.Tensor, rope: Rope) -> None:
+        self.angles = positions.float().unsqueeze(-1)
+        self.rope = rope
+        self.tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def table(self, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if width not in self.tables:
+            freq, sign, partner = self.rope.channels(width)
+            angles = self.angles * freq
+            self.tables[width] = (angles.cos(), angles.sin() * sign, partner)
+        return self.tables[width]
+
+    def __call__(self, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """x rotated (by the negative angle with `inverse`), computed in FP32, in x's dtype."""
+        cos, sin, partner = self.table(x.shape[-1])
+        while cos.dim() < x.dim():
+            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        rows = x.float()
+        swapped = rows.index_select(-1, partner) * sin
+        return (rows * cos - swapped if inverse else rows * cos + swapped).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -192,8 +226,7 @@ class GrowingState:
     def topk(scores: torch.Tensor, k: int) -> torch.Tensor:
         """Indexer picks: a fixed k over the entry axis padded with k -inf columns (picks past the visible
         count are invalid), so the graph never depends on how many entries exist."""
-        padding = scores.new_full((*scores.shape[:2], k), NEG_INF)
-        return stable_topk_indices(torch.cat((scores, padding), -1), k)
+        return stable_topk_indices(F.pad(scores, (0, k), value=NEG_INF), k)
 
 
 class FixedState:
@@ -285,8 +318,7 @@ class Compressor(nn.Module):
             gate = torch.cat((first_halves_gate, gate[..., d:]), 2)
         entries = (gate.softmax(dim=2) * kv).sum(2)
         entries = self.norm(entries)
-        cos, sin = rope(windows * r)
-        return layout.append(state, store, apply_rope(entries, cos, sin), windows, completed)
+        return layout.append(state, store, rope(windows * r)(entries), windows, completed)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
         width = self.dim * (2 if self.overlap else 1)
@@ -339,9 +371,7 @@ class Indexer(nn.Module):
     ) -> torch.Tensor:
         """Index scores `[B, S, T]` (FP32), -inf where the entry is not yet visible."""
         batch, seq = x.shape[:2]
-        q = self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)
-        cos, sin = rope(positions)
-        q = apply_rope(q, cos.unsqueeze(2), sin.unsqueeze(2)).float()
+        q = rope(positions)(self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)).float()
         weights = self.weights_proj(x).float() * self.n_heads**-0.5
         dots = torch.einsum("bshd,btd->bsht", q, keys.float()).relu() * self.head_dim**-0.5
         scores = torch.einsum("bsht,bsh->bst", dots, weights)
@@ -393,16 +423,16 @@ class Attention(nn.Module):
         self.indexer = Indexer(config) if ratio == CSA else None
         self.state_layout = STATE_LAYOUTS["growing"]
 
-    def kv_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def kv_rows(self, x: torch.Tensor, rot: Rotation) -> torch.Tensor:
         """The shared K=V rows of `x` `[B, S, head_dim]`, RoPE'd."""
-        return apply_rope(self.kv_norm(self.wkv(x)), cos, sin)
+        return rot(self.kv_norm(self.wkv(x)))
 
-    def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries(self, x: torch.Tensor, rot: Rotation) -> tuple[torch.Tensor, torch.Tensor]:
         """The low-rank query latent `qr` and the RMS-normalised, RoPE'd queries `[B, S, heads, head_dim]`."""
         batch, seq, _ = x.shape
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)
-        return qr, apply_rope(rms_normalize(q, self.eps).to(x.dtype), cos.unsqueeze(2), sin.unsqueeze(2))
+        return qr, rot(rms_normalize(q, self.eps).to(x.dtype))
 
     def with_sink(self, scores: list[torch.Tensor]) -> torch.Tensor:
         """Softmax over the concatenated key scores `[B, H, S, *]` and the head's sink, which takes part in
@@ -411,14 +441,15 @@ class Attention(nn.Module):
         sink = self.attn_sink.float().view(1, -1, 1, 1).expand(batch, -1, seq, 1)
         return torch.cat((*scores, sink), -1).softmax(-1)
 
-    def output(self, out: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def output(self, out: torch.Tensor, rot: Rotation) -> torch.Tensor:
         """Inverse RoPE on the heads' outputs `[B, S, heads, head_dim]`, then the grouped low-rank output:
-        group g (heads g*H/G ...) goes through its own block of wo_a."""
+        group g (heads g*H/G ...) goes through its own block of rows of wo_a, as a linear of its own (traced,
+        one weight matrix per group, which the exporter compresses and the CPU plugin runs as a compressed
+        FullyConnected; a batched matmul over a [G, O, I] weight would be neither)."""
         batch, seq = out.shape[:2]
-        out = apply_rope(out, cos.unsqueeze(2), sin.unsqueeze(2), inverse=True)
-        out = out.reshape(batch, seq, self.groups, -1)
-        wo_a = self.wo_a.weight.view(self.groups, -1, out.shape[-1])
-        out = torch.einsum("bsgi,goi->bsgo", out, wo_a).flatten(2)
+        out = rot(out, inverse=True).reshape(batch, seq, self.groups, -1)
+        blocks = self.wo_a.weight.chunk(self.groups, 0)
+        out = torch.cat([F.linear(o, w) for o, w in zip(out.unbind(2), blocks, strict=True)], -1)
         return self.wo_b(out)
 
     def forward(
@@ -430,9 +461,9 @@ class Attention(nn.Module):
         prefix: str,
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        cos, sin = rope(positions)
-        qr, q = self.queries(x, cos, sin)
-        kv = self.kv_rows(x, cos, sin)
+        rot = rope(positions)
+        qr, q = self.queries(x, rot)
+        kv = self.kv_rows(x, rot)
 
         # sliding window: W keys per query, the query's own token included
         keys, window_mask = self.state_layout.window(state, prefix + "window", kv, positions, self.window)
@@ -444,12 +475,10 @@ class Attention(nn.Module):
             entries = self.compressor(x, positions, rope, state, prefix, prefix + "entries").to(x.dtype)
             if self.indexer is not None:
                 picks, valid = self.indexer(x, qr, positions, rope, state, prefix)
-                padded = torch.cat((entries, entries.new_zeros(batch, 1, self.head_dim)), 1)
-                picks = torch.where(valid, picks, entries.shape[1])  # invalid picks read the zero row
-                compressed = torch.gather(
-                    padded.unsqueeze(1).expand(batch, seq, -1, -1), 2,
-                    picks.unsqueeze(-1).expand(-1, -1, -1, self.head_dim),
-                )  # [B, S, k, D]
+                n = entries.shape[1]
+                padded = F.pad(entries, (0, 0, 0, 1))  # [B, N + 1, D]: invalid picks read the zero row
+                rows = torch.where(valid, picks, n) + (n + 1) * torch.arange(batch, device=x.device).view(-1, 1, 1)
+                compressed = padded.flatten(0, 1)[rows]  # [B, S, k, D]: one gather of the picked rows
                 c_scores = torch.einsum("bshd,bskd->bhsk", q, compressed)
                 c_mask = valid
             else:
@@ -467,7 +496,7 @@ class Attention(nn.Module):
                 out = out + torch.einsum("bhsk,bskd->bshd", c_probs, compressed)
             else:
                 out = out + torch.einsum("bhsn,bnd->bshd", c_probs, compressed)
-        return self.output(out, cos, sin)
+        return self.output(out, rot)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
         state = {prefix + "window": torch.zeros(batch, 0, self.head_dim, device=device)}
@@ -496,18 +525,17 @@ class DSparkAttention(Attention):
     def absorb(self, main_x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor],
                prefix: str) -> None:
         """Add the K=V rows of newly committed positions `[B, n]` to the ring, keeping the last W."""
-        cos, sin = rope(positions)
-        rows = torch.cat((state[prefix + "context"], self.kv_rows(main_x, cos, sin)), 1)
+        rows = torch.cat((state[prefix + "context"], self.kv_rows(main_x, rope(positions))), 1)
         state[prefix + "context"] = rows[:, -self.window :]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, state: dict[str, torch.Tensor],
                 prefix: str) -> torch.Tensor:
-        cos, sin = rope(positions)
-        _, q = self.queries(x, cos, sin)
-        keys = torch.cat((state[prefix + "context"], self.kv_rows(x, cos, sin)), 1)  # ring, then the block
+        rot = rope(positions)
+        _, q = self.queries(x, rot)
+        keys = torch.cat((state[prefix + "context"], self.kv_rows(x, rot)), 1)  # ring, then the block
         scores = torch.einsum("bshd,bkd->bhsk", q, keys).float().mul(self.head_dim**-0.5)
         probs = self.with_sink([scores]).to(x.dtype)
-        return self.output(torch.einsum("bhsk,bkd->bshd", probs[..., :-1], keys), cos, sin)
+        return self.output(torch.einsum("bhsk,bkd->bshd", probs[..., :-1], keys), rot)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
         return {prefix + "context": torch.zeros(batch, 0, self.head_dim, device=device)}
@@ -711,7 +739,9 @@ class MoE(nn.Module):
                         torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs), self.limit)
         hidden = hidden * weights.reshape(-1)[order].unsqueeze(-1).to(hidden.dtype)
         y = torch._grouped_mm(hidden, w2.transpose(1, 2), offs=offs)
-        return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add(0, token, y.float())
+        # back to (token, slot) order and summed over the k slots: a gather and a sum, where a scatter-add
+        # into zeros would be a run-time Broadcast of [N, hidden] zeros and of its [N*k, hidden] index
+        return y.float()[torch.argsort(order)].view(-1, k, y.shape[-1]).sum(1)
 
 
 def set_experts_implementation(module: nn.Module, name: str) -> None:
@@ -1047,7 +1077,7 @@ class DeepseekV4PreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             fill(module.weight, lambda w: w.normal_(1.0, 0.1))
         elif isinstance(module, Rope):
-            module.inv_freq.copy_(rope_inv_freq(*module.spec))
+            module.reset()
         elif isinstance(module, Compressor):
             fill(module.ape, lambda w: w.normal_(0.0, 0.5))
         elif isinstance(module, Attention):
