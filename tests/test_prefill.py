@@ -117,3 +117,24 @@ def test_generate_tokens_do_not_depend_on_the_chunk(exported):
         assert speculative_greedy(target, drafter, ids.numpy(), NEW, prefill_chunk=chunk)[0] == expected, chunk
     with pytest.raises(ValueError, match="--prefill-chunk -5"):
         Generator(out, prefill_chunk=-5)
+
+
+def test_optimum_intel_generates_the_same_with_either_head(exported):
+    """optimum-intel's own `from_pretrained` + `generate`: the file as is returns every position (its forward
+    is what perplexity through optimum-intel reads); `load_ov_causal_lm(last_logits=True)` runs the head on the
+    last position only. Both give the port's greedy tokens."""
+    import torch
+
+    from deepseek_v4_ov.runtime.ov_load import load_ov_causal_lm
+
+    model, out = exported
+    ids = prompt(PROMPT, seed=8)
+    expected = greedy(model, ids, NEW)[0].tolist()
+    for last, rows in ((False, PROMPT), (True, 1)):
+        ov_lm = load_ov_causal_lm(out, last_logits=last, ov_config=F32_CONFIG)
+        assert ov_lm.stateful
+        got = ov_lm.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, PROMPT:].tolist()
+        assert got == expected, last
+        with torch.no_grad():
+            assert ov_lm(ids).logits.shape[1] == rows

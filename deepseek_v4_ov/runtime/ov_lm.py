@@ -65,18 +65,21 @@ def head_matmul(model: ov.Model) -> ov.Node:
     return node
 
 
-def keep_last_logits(model: ov.Model) -> None:
-    """Add the input `logits_to_keep` `[1]` (i64, N in [1, positions of the call]) and slice the head's input to
-    the call's last N positions, so the head runs on those only and `logits` is `[B, N, vocab]`. Everything
-    before the head (the states, `drafter_taps`) is computed as before. In place."""
+def keep_last_logits(model: ov.Model, last: int | None = None) -> None:
+    """Slice the head's input to the call's last N positions, so the head runs on those only and `logits` is
+    `[B, N, vocab]`: N = `last`, or (None) a new input `logits_to_keep` `[1]` (i64, N in [1, positions of the
+    call]). Everything before the head (the states, `drafter_taps`) is computed as before. In place."""
     matmul = head_matmul(model)
-    keep = ops.parameter(ov.PartialShape([1]), ov.Type.i64, name=LOGITS_TO_KEEP)
-    keep.output(0).get_tensor().set_names({LOGITS_TO_KEEP})
+    if last is None:
+        keep = ops.parameter(ov.PartialShape([1]), ov.Type.i64, name=LOGITS_TO_KEEP)
+        keep.output(0).get_tensor().set_names({LOGITS_TO_KEEP})
+        model.add_parameters([keep])
+        start = ops.negative(keep)
+    else:
+        start = ops.constant(np.array([-last]))
     end = ops.constant(np.array([np.iinfo(np.int64).max]))
-    last = ops.slice(matmul.input_value(0), ops.negative(keep), end, ops.constant(np.array([1])),
-                     ops.constant(np.array([1])))
-    matmul.input(0).replace_source_output(last.output(0))
-    model.add_parameters([keep])
+    sliced = ops.slice(matmul.input_value(0), start, end, ops.constant(np.array([1])), ops.constant(np.array([1])))
+    matmul.input(0).replace_source_output(sliced.output(0))
     model.validate_nodes_and_infer_types()
 
 
