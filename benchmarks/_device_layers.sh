@@ -9,4 +9,4 @@ export PYTHONPATH=/tmp/site:$PWD
 lscpu | grep -E 'Model name|^CPU\(s\)'; free -g | head -2; df -h /tmp | tail -1
 cp benchmarks/results/v4_flash_projection.json $OUT/v4_flash_projection.json
 python3 benchmarks/layer_types.py --experts 256 --ratios 4 128 0 --workdir /tmp/lt --forms --forms-s ${FORMS_S:-110} \
-  --budget-s ${BUDGET_S:-540} --worker-s 45 --json $OUT/layer_types.json --projection $OUT/v4_flash_projection.json 2>&1 | tee $OUT/layer_types.log
+  --chunks ${CHUNKS:-128 512 0} --budget-s ${BUDGET_S:-540} --worker-s ${WORKER_S:-45} --json $OUT/layer_types.json --projection $OUT/v4_flash_projection.json 2>&1 | tee $OUT/layer_types.log

@@ -76,8 +76,8 @@ class CallProfile:
         self.lm, self.calls = lm, 0
         self.original = runtime_names(lm.compiled)
 
-    def __call__(self, tokens) -> None:
-        self.lm(tokens)
+    def __call__(self, tokens, **kwargs) -> None:
+        self.lm(tokens, **kwargs)
         self.calls += 1
 
     def reset(self) -> None:

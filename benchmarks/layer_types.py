@@ -11,18 +11,24 @@ the V4-Flash projection computed from them.
    HCA; `conversion_memory.ensure_slice`: hidden 4096, 256 experts of 2048 top-6, vocabulary 129,280, embed
    and head), exported with the default command (int4), several at once (NNCF's compression is
    single-threaded).
-2. Per slice, in a fresh process (`--worker`), the stateful IR compiled from its file (weights memory-mapped):
-   memory after compile and after running (`private` = anonymous pages, `file` = mapped file pages, per
-   byte of .bin); prefill of a `--prompt`-token prompt; decode (one token at a time); verify calls of S = 1,
-   2, 5 new tokens after the prompt (what checking 1/2/5 draft tokens costs). Each figure is steady state:
-   every timed call follows an untimed call of the same shape; before each timed call a 1 GiB buffer is
-   read, so that the slice's weights come from memory, not from the last-level cache (V4-Flash's 43 layers
-   could not stay there). A second compile with PERF_COUNT gives the
-   steady-state profile (`decode_profile.CallProfile`) of a second prefill and of 10 decode steps after 4
-   warm-up steps, split into embed / layer / head by the port module each node was traced from; the
-   layer's share of it splits the unprofiled times. (Until 2026-12-03 this profile was read after the
-   first calls, and the plugin's counters average every call since compile, prefill included: the
-   "decode" profiles of earlier runs were mostly prefill.)
+2. Per slice, in a fresh process (`--worker`), the stateful IR compiled from its file (weights memory-mapped)
+   as `generate` compiles it (`runtime.generate.Generator`): memory after compile and after running
+   (`private` = anonymous pages, `file` = mapped file pages, per byte of .bin); prefill of a `--prompt`-token
+   and a LONG_PROMPT-token prompt as `generate` feeds them (`OVCausalLM.prefill`: calls of `--chunk` tokens,
+   the head on each call's last position), the `--prompt` one also in one call returning every position's
+   logits (what perplexity needs; the IR's own output); the time to first token through
+   `Generator.generate` for both prompts; decode (one token at a time); verify calls of S = 1, 2, 5 new
+   tokens after the prompt (what checking 1/2/5 draft tokens costs). `--chunks` (on the CSA slice): the
+   LONG_PROMPT prefill with each of these chunk sizes and the private memory after each (sizes in
+   increasing order, so each figure is what that size adds), to choose `--prefill-chunk`'s default. Each
+   figure is steady state: every timed call follows an untimed call of the same shape; before each timed
+   call or prompt a 1 GiB buffer is read, so that the slice's weights come from memory, not from the
+   last-level cache (V4-Flash's 43 layers could not stay there). A second compile with PERF_COUNT gives the
+   steady-state profile (`decode_profile.CallProfile`) of both prompts' calls (each prompt's second run)
+   and of PROFILE_STEPS decode steps after 4 warm-up steps, split into embed / layer / head by the port
+   module each node was traced from; the layer's share splits the unprofiled times. (Until 2026-12-03 the
+   profile was read after the first calls, and the plugin's counters average every call since compile,
+   prefill included: the "decode" profiles of earlier runs were mostly prefill.)
    Variants (`--variants`, on the CSA slice): other precision hints and dynamic-quantization group sizes.
 3. Forms (`--forms`): `benchmarks/upstream/compressed_moe.py` cases at full width (256 experts): the
    routed experts' form (grouped = GatherMatmul, per-expert FC, one fused FC), int4 sym/asym and group
@@ -30,7 +36,8 @@ the V4-Flash projection computed from them.
    vocabulary, FP8 block-scaled linears; time per call and the private memory per weight byte.
 4. Projection for V4-Flash (43 layers: `flash_compress_ratios`, 2 sliding, 21 CSA, 20 HCA): decode ms =
    the slices' mean embed+head ms + the layer ms of each of the 43 layers' type (a type not measured takes
-   the CSA slice's figure, flagged); the same for prefill and verify; the bandwidth bound = measured read
+   the CSA slice's figure, flagged); the same for both prefills (`prefill_tok_s`: `--prompt` tokens,
+   `prefill_2048_tok_s`) and verify; the bandwidth bound = measured read
    bandwidth / (embed row + head + the 43 layers' active bytes, from each slice IR's constants:
    `bandwidth.bytes_per_token`); resident/IR = each slice's private bytes per .bin byte weighted by the
    43 layers' .bin bytes (embed+head weighted by the slices' mean).
@@ -41,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -59,6 +65,7 @@ from decode_profile import CallProfile  # noqa: E402
 
 TYPE_NAMES = {0: "SWA (ratio 0)", 4: "CSA (ratio 4)", 128: "HCA (ratio 128)"}
 VERIFY_S = (1, 2, 5)
+LONG_PROMPT = 2048  # the issue's long prompt (projection key prefill_2048_tok_s)
 EVICT_BYTES = 1 << 30  # larger than the CPU's last-level cache (480 MiB on the Xeons measured)
 PROFILE_STEPS = 10  # decode steps the steady-state profile averages
 FORMS = [  # (label, compressed_moe.py arguments), most telling first (`--forms-s` may cut the list short)
@@ -90,38 +97,55 @@ FORMS = [  # (label, compressed_moe.py arguments), most telling first (`--forms-
 # ---------------------------------------------------------------------------------------------- worker
 
 
-def worker(ir: Path, hint: str, dq: int | None, prompt: int, new: int, reps: int, with_profile: bool) -> dict:
+def worker(ir: Path, hint: str, dq: int | None, args, with_profile: bool) -> dict:
+    """One slice's measurements (module docstring, 2.), in this process; with `with_profile` also the long
+    prompt, the time to first token, the `--chunks` sweep and the profiles."""
     import numpy as np
-    import openvino as ov
 
-    from deepseek_v4_ov.runtime.ov_lm import OVCausalLM
+    from deepseek_v4_ov.runtime.generate import Generator
 
+    prompt, new, reps, chunk = args.prompt, args.new, args.reps, args.chunk
     cfg = json.loads((ir / "config.json").read_text())
     config = {"INFERENCE_PRECISION_HINT": hint}
     if dq is not None:
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(dq)
-    core = ov.Core()
     evict = np.ones(EVICT_BYTES // 8)  # read before every timed call: a slice's weights would stay in the L3
     mem = {"start": memory_mb()}
-    lm = OVCausalLM(ir, config=config, core=core)
+    gen = Generator(ir, config=config, prefill_chunk=chunk)
+    lm = gen.target
     mem["compiled"] = memory_mb()
     try:
         dq_used = int(lm.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     except RuntimeError:
         dq_used = None
-    ids = np.random.default_rng(0).integers(2, cfg["vocab_size"], (1, prompt + new + 16), dtype=np.int64)
+    ids = np.random.default_rng(0).integers(2, cfg["vocab_size"], (1, max(prompt + new + 16, LONG_PROMPT)),
+                                            dtype=np.int64)
 
     def call(tokens):
         evict.sum()
         lm(tokens)
         return lm.last_s
 
-    def prefill() -> float:
+    def prefill(length: int = prompt, size: int = chunk) -> float:
+        """A prompt as `generate` feeds it (calls of `size` tokens, the head on each call's last position)."""
+        lm.reset()
+        evict.sum()
+        lm.prefill(ids[:, :length], size)
+        return lm.last_s
+
+    def every_logit() -> float:
+        """The prompt in one call returning every position's logits (perplexity's call)."""
         lm.reset()
         return call(ids[:, :prompt])
 
+    def ttft(length: int) -> float:
+        evict.sum()
+        return gen.generate(ids[0, :length].tolist(), 1, stop_at_eos=False).ttft_s
+
     prefill()
     prefill_s = [prefill() for _ in range(reps)]
+    every_logit()
+    every_s = [every_logit() for _ in range(reps)]
     verify: dict[int, list[float]] = {}
     for s in VERIFY_S:
         for _ in range(reps):
@@ -134,25 +158,52 @@ def worker(ir: Path, hint: str, dq: int | None, prompt: int, new: int, reps: int
     mem["ran"] = memory_mb()
     out: dict[str, Any] = {
         "hint": hint, "dq_requested": dq, "dq_group_size": dq_used, "exec_precision": lm.precision,
-        "compile_s": round(lm.timings.compile_s, 2), "prompt": prompt,
+        "compile_s": round(lm.timings.compile_s, 2), "prompt": prompt, "chunk": chunk,
         "prefill_ms": round(1e3 * statistics.median(prefill_s), 2),
+        "prefill_every_logit_ms": round(1e3 * statistics.median(every_s), 2),
         "decode_ms": round(1e3 * statistics.median(decode_s), 3),
         "verify_ms": {str(s): round(1e3 * statistics.median(v), 3) for s, v in verify.items()},
-        "memory_mb": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in mem.items()},
         "bin_bytes": (ir / "openvino_model.bin").stat().st_size}
     out["prefill_tok_s"] = round(prompt / out["prefill_ms"] * 1e3, 2)
+    out["prefill_over_decode"] = round(out["prefill_ms"] / out["decode_ms"], 2)
     private = mem["ran"]["private"] - mem["start"]["private"]
     out["private_over_bin"] = round(private * 2**20 / out["bin_bytes"], 4)
     out["file_over_bin"] = round((mem["ran"]["file"] - mem["start"]["file"]) * 2**20 / out["bin_bytes"], 4)
-    if with_profile:  # steady state: the second prefill, decode steps after 4 warm-up steps
-        del lm
-        prof = CallProfile(OVCausalLM(ir, config={**config, "PERF_COUNT": "YES"}, core=core))
+    if with_profile:  # the slice's main measurement: also the long prompt, TTFT, the chunk sweep
+        prefill(LONG_PROMPT)  # untimed: its calls' shapes (the last one's, when chunk does not divide it)
+        out["prefill_2048_ms"] = round(1e3 * statistics.median(prefill(LONG_PROMPT) for _ in range(args.long_reps)), 1)
+        out["prefill_2048_tok_s"] = round(LONG_PROMPT / out["prefill_2048_ms"] * 1e3, 2)
+        mem["long"] = memory_mb()
+        out["ttft_ms"] = {str(n): round(1e3 * ttft(n), 1) for n in (prompt, LONG_PROMPT)}
+        out["chunks"] = []
+        for size in sorted(args.chunks, key=lambda c: c or LONG_PROMPT):
+            lm.reset()
+            lm(ids[:, :size or LONG_PROMPT], keep=1)  # untimed: the first call of this shape
+            ms = 1e3 * prefill(LONG_PROMPT, size)
+            after = memory_mb()["private"]
+            out["chunks"].append({"chunk": size, "prefill_2048_ms": round(ms, 1),
+                                  "prefill_2048_tok_s": round(LONG_PROMPT / ms * 1e3, 2),
+                                  "private_mb_over_start": round(after - mem["start"]["private"], 1)})
+            print(f"  chunk {size}: {LONG_PROMPT / ms * 1e3:.1f} tok/s, private {after:.0f} MB", file=sys.stderr,
+                  flush=True)
+    out["memory_mb"] = {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in mem.items()}
+    if with_profile:
+        del gen, lm
+        prof = CallProfile(Generator(ir, config={**config, "PERF_COUNT": "YES"}, prefill_chunk=chunk).target)
+
+        def profiled_prefill(length: int) -> dict:
+            """The second run of a prompt as `OVCausalLM.prefill` feeds it, per call."""
+            for run in range(2):
+                prof.reset()
+                first = prof.snapshot()
+                for start in range(0, length, chunk or length):
+                    prof(ids[:, start:start + (chunk or length)], keep=1)
+            return CallProfile.between(first, prof.snapshot())
+
+        out["profile_prefill"] = profiled_prefill(prompt)
+        out["profile_prefill_2048"] = profiled_prefill(LONG_PROMPT)
         prof.reset()
-        prof(ids[:, :prompt])
-        prof.reset()
-        first = prof.snapshot()
-        prof(ids[:, :prompt])
-        out["profile_prefill"] = CallProfile.between(first, prof.snapshot())
+        prof(ids[:, :prompt], keep=1)
         for i in range(4):
             prof(ids[:, prompt + i:prompt + i + 1])
         first = prof.snapshot()
@@ -165,9 +216,11 @@ def worker(ir: Path, hint: str, dq: int | None, prompt: int, new: int, reps: int
 # ------------------------------------------------------------------------------------------ orchestration
 
 
-def measure(ir: Path, hint: str, dq: int | None, args, with_profile: bool, timeout: float | None = None) -> dict:
+def measure(ir: Path, hint: str, dq: int | None, args, with_profile: bool, timeout: float | None = None,
+            chunks: list[int] = ()) -> dict:
     cmd = [python_main(), str(Path(__file__).resolve()), "--worker", str(ir), "--hint", hint, "--prompt",
-           str(args.prompt), "--new", str(args.new), "--reps", str(args.reps)]
+           str(args.prompt), "--new", str(args.new), "--reps", str(args.reps), "--chunk", str(args.chunk),
+           "--long-reps", str(args.long_reps), "--chunks", *map(str, chunks)]
     if dq is not None:
         cmd += ["--dq", str(dq)]
     if with_profile:
@@ -198,11 +251,15 @@ def per_layer(res: dict) -> dict[str, Any]:
     """Split a slice's decode / prefill / verify time into its layer and its ends by the profile's shares."""
     share_d = res["profile_decode"]["parts"]["layer"]["share"]
     share_p = res["profile_prefill"]["parts"]["layer"]["share"]
+    share_l = res["profile_prefill_2048"]["parts"]["layer"]["share"]
     return {"layer_share_decode": round(share_d, 4), "layer_share_prefill": round(share_p, 4),
+            "layer_share_prefill_2048": round(share_l, 4),
             "layer_decode_ms": round(res["decode_ms"] * share_d, 3),
             "ends_decode_ms": round(res["decode_ms"] * (1 - share_d), 3),
             "layer_prefill_ms": round(res["prefill_ms"] * share_p, 2),
             "ends_prefill_ms": round(res["prefill_ms"] * (1 - share_p), 2),
+            "layer_prefill_2048_ms": round(res["prefill_2048_ms"] * share_l, 1),
+            "ends_prefill_2048_ms": round(res["prefill_2048_ms"] * (1 - share_l), 1),
             "layer_verify_ms": {s: round(v * share_d, 3) for s, v in res["verify_ms"].items()},
             "ends_verify_ms": {s: round(v * (1 - share_d), 3) for s, v in res["verify_ms"].items()},
             "layer_executed_ops_decode": res["profile_decode"]["executed_nodes"]["layer"]}
@@ -218,6 +275,7 @@ def project(types: dict[int, dict], bandwidth_gbs: float, prompt: int) -> dict[s
     ends = lambda key: statistics.mean(t[key] for t in types.values())  # noqa: E731
     decode_ms = ends("ends_decode_ms") + sum(types[pick[r]]["layer_decode_ms"] for r in ratios)
     prefill_ms = ends("ends_prefill_ms") + sum(types[pick[r]]["layer_prefill_ms"] for r in ratios)
+    prefill_2048_ms = ends("ends_prefill_2048_ms") + sum(types[pick[r]]["layer_prefill_2048_ms"] for r in ratios)
     verify = {s: statistics.mean(t["ends_verify_ms"][s] for t in types.values())
               + sum(types[pick[r]]["layer_verify_ms"][s] for r in ratios) for s in map(str, VERIFY_S)}
     active = ends("ends_active") + sum(types[pick[r]]["layer_active"] for r in ratios)
@@ -233,6 +291,9 @@ def project(types: dict[int, dict], bandwidth_gbs: float, prompt: int) -> dict[s
             "active_gb_per_token": round(active / 1e9, 3), "ir_weights_gb": round(stored / 1e9, 2),
             "prefill_prompt": prompt, "prefill_ms": round(prefill_ms, 1),
             "prefill_tok_s": round(prompt / prefill_ms * 1e3, 2),
+            "prefill_2048_ms": round(prefill_2048_ms, 1),
+            "prefill_2048_tok_s": round(LONG_PROMPT / prefill_2048_ms * 1e3, 2),
+            "prefill_over_decode": round(prefill_ms / decode_ms, 2),
             "verify_ms": {s: round(v, 2) for s, v in verify.items()},
             "verify_ratio": {s: round(v / verify["1"], 3) for s, v in verify.items()},
             "resident_over_ir": round(private / stored, 4)}
@@ -302,7 +363,8 @@ def main_run(args) -> int:
         if left() < args.worker_s:
             print(f"  skipped r={b['ratio']}: {left():.0f}s left", flush=True)
             continue
-        res = measure(ir, "f32", None, args, with_profile=True, timeout=left())
+        res = measure(ir, "f32", None, args, with_profile=True, timeout=left(),
+                      chunks=args.chunks if b["ratio"] == args.chunks_on else [])
         b["f32"] = res
         if "error" in res:
             print(f"  r={b['ratio']}: ERROR {res['error'][-500:]}", flush=True)
@@ -311,7 +373,8 @@ def main_run(args) -> int:
         b["bytes"] = layer_split(ir)
         types[b["ratio"]] = {**b["per_layer"], **b["bytes"], "private_over_bin": res["private_over_bin"]}
         print(f"  r={b['ratio']}: decode {res['decode_ms']:.2f} ms (layer {b['per_layer']['layer_decode_ms']:.2f}), "
-              f"prefill {res['prefill_tok_s']:.1f} tok/s, verify {res['verify_ms']}, private/bin "
+              f"prefill {res['prefill_tok_s']:.1f} tok/s ({LONG_PROMPT}: {res['prefill_2048_tok_s']:.1f}), ttft "
+              f"{res['ttft_ms']} ms, verify {res['verify_ms']}, private/bin "
               f"{res['private_over_bin']}, file/bin {res['file_over_bin']}", flush=True)
         write_json(args.json, result)
     variants = []
@@ -353,6 +416,13 @@ def merge_projection(path: Path, result: dict) -> None:
         for b in result["slices"] if "verify_ms" in b.get("f32", {})}
     data["forms"] = [{k: f[k] for k in ("label", "args", "ms", "read_gbs", "private_per_weight_byte", "weight_mb",
                                          "private_mb", "profile_ms") if k in f} for f in result.get("forms", [])]
+    data["prefill"] = {TYPE_NAMES[b["ratio"]]: {k: b["f32"][k] for k in (
+        "prompt", "chunk", "decode_ms", "prefill_ms", "prefill_every_logit_ms", "prefill_tok_s", "prefill_over_decode",
+        "prefill_2048_ms", "prefill_2048_tok_s", "ttft_ms")} | {
+        "private_mb": {k: round(b["f32"]["memory_mb"][k]["private"] - b["f32"]["memory_mb"]["start"]["private"], 1)
+                       for k in ("ran", "long")}} for b in result["slices"] if "per_layer" in b}
+    data["prefill_chunks"] = next(({"on": TYPE_NAMES[b["ratio"]], "runs": b["f32"]["chunks"]}
+                                   for b in result["slices"] if b.get("f32", {}).get("chunks")), None)
     prompt = next(b["f32"]["prompt"] for b in result["slices"] if "per_layer" in b)
     data.setdefault("projection", {}).update(
         result.get("projection") or project(types, result["bandwidth"]["read_all_gbs"], prompt))
@@ -376,19 +446,38 @@ def readme_table(path: Path) -> str:
               ", ".join(f"{k} {v:.2f}" for k, v in list(f["profile_ms"].items())[:2])]
              for f in data.get("forms", []) if "ms" in f]
     unmeasured = "; ".join(f"{k} uses {v}'s figures" for k, v in p["unmeasured_types_use"].items())
+    prefill = [[name, v["chunk"] or "one call", f"{v['prefill_tok_s']:.1f}",
+                f"{v['prompt'] / v['prefill_every_logit_ms'] * 1e3:.1f}", f"{v['prefill_2048_tok_s']:.1f}",
+                f"{v['ttft_ms'][str(v['prompt'])]:,.0f} / {v['ttft_ms'][str(LONG_PROMPT)]:,.0f}",
+                f"{v['prefill_over_decode']:.1f}", f"{v['private_mb']['ran']:,.0f} / {v['private_mb']['long']:,.0f}"]
+               for name, v in data["prefill"].items()]
+    sweep = data["prefill_chunks"]
+    chunks = [[c["chunk"] or "one call", f"{c['prefill_2048_tok_s']:.1f}", f"{c['private_mb_over_start']:,.0f}"]
+              for c in (sweep["runs"] if sweep else [])]
     lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['ram_gib']} GiB, OpenVINO "
              f"{m['openvino']}, load average at start {m['loadavg_1m']}; read bandwidth {data['bandwidth_gbs']} "
              f"GB/s), `{data['command']}`:", "",
              table(["layer type (slice, 256 experts)", "decode ms/layer", f"prefill ms/layer ({p['prefill_prompt']} tok)",
                     "MB read/token", "private/.bin (whole slice)", "executed ops/layer (decode)"], rows), "",
              table(["verify cost (whole slice)", *(f"S={s} ms" for s in VERIFY_S), "S=2 / S=5 vs S=1"], verify), "",
+             table(["prefill (whole slice)", "chunk", f"tok/s, {p['prefill_prompt']} tok",
+                    f"tok/s, {p['prefill_prompt']} tok, every logit", f"tok/s, {LONG_PROMPT} tok",
+                    f"TTFT ms via generate, {p['prefill_prompt']} / {LONG_PROMPT} tok",
+                    f"{p['prefill_prompt']}-tok prefill / decode step", f"private MB after {p['prefill_prompt']} / "
+                    f"{LONG_PROMPT} tok"], prefill), "",
              table(["V4-Flash projection (43 layers" + (f"; {unmeasured}" if unmeasured else "") + ")", "value"], [
                  ["decode tokens/s", p["decode_tok_s"]], ["bandwidth bound tokens/s", p["bound_tok_s"]],
                  ["decode / bound", f"{p['decode_fraction_of_bound']:.1%}"],
                  [f"prefill tokens/s ({p['prefill_prompt']}-token prompt)", p["prefill_tok_s"]],
+                 [f"prefill tokens/s ({LONG_PROMPT}-token prompt)", p["prefill_2048_tok_s"]],
+                 [f"{p['prefill_prompt']}-token prefill / decode step", p["prefill_over_decode"]],
                  ["resident private memory / IR weights", p["resident_over_ir"]],
                  ["verify 2 / 5 tokens vs 1", f"{p['verify_ratio']['2']} / {p['verify_ratio']['5']}"],
                  ["IR weights GB / read per token GB", f"{p['ir_weights_gb']} / {p['active_gb_per_token']}"]])]
+    if chunks:
+        lines += ["", f"Chunk size (`--chunks`, {sweep['on']} slice, {LONG_PROMPT}-token prompt, head on each call's "
+                      "last position; private = anonymous memory over the process's start, sizes run in increasing "
+                      "order):", "", table(["chunk", "prefill tok/s", "private MB"], chunks)]
     if forms:
         lines += ["", "Forms (`benchmarks/upstream/compressed_moe.py`, one call, full width; private = anonymous "
                       "memory compile and the first calls add, per byte of the weights' constants):", "",
@@ -397,6 +486,8 @@ def readme_table(path: Path) -> str:
 
 
 def main() -> int:
+    from deepseek_v4_ov.runtime.ov_lm import DEFAULT_PREFILL_CHUNK
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=int, default=256)
     ap.add_argument("--ratios", type=int, nargs="+", default=[4, 128, 0])
@@ -405,8 +496,15 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=3, help="slices exported at once")
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                    help="prompt tokens per call, as `generate --prefill-chunk` (0: one call)")
+    ap.add_argument("--chunks", type=int, nargs="*", default=[],
+                    help=f"also time the {LONG_PROMPT}-token prefill with each of these chunk sizes (0: one call) and "
+                         "the private memory after each, on the --chunks-on slice")
+    ap.add_argument("--chunks-on", type=int, default=4, help="the ratio of the slice that --chunks runs on")
     ap.add_argument("--new", type=int, default=16)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--long-reps", type=int, default=1, help=f"timed {LONG_PROMPT}-token prefills per slice")
     ap.add_argument("--gib", type=float, default=2.0)
     ap.add_argument("--forms", action="store_true", help="run the compressed_moe.py form comparison")
     ap.add_argument("--forms-s", type=float, default=1e9, help="start no form case after this many seconds")
@@ -444,7 +542,7 @@ def main() -> int:
         merge_projection(Path(args.projection), result)
         return 0
     if args.worker:
-        res = worker(args.worker, args.hint, args.dq, args.prompt, args.new, args.reps, args.profile)
+        res = worker(args.worker, args.hint, args.dq, args, args.profile)
         print("RESULT " + json.dumps(res))
         return 0
     return main_run(args)

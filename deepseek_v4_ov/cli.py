@@ -151,6 +151,8 @@ def dry_run_export(opts, check_output: bool) -> None:
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
+    from deepseek_v4_ov.runtime.ov_lm import DEFAULT_PREFILL_CHUNK
+
     p = sub.add_parser("generate", help="generate text with an exported folder (plain, or speculative with its "
                                         "drafter: --mtp or --dspark)")
     p.add_argument("--model", type=Path, required=True, help="an exported folder (deepseek-v4-ov export)")
@@ -172,6 +174,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the EOS token")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                   help=f"prompt tokens per call (default {DEFAULT_PREFILL_CHUNK}; 0: the whole prompt in one call)")
     p.add_argument("--device", default="CPU")
     p.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (default 0: the plugin's choice); "
                                                           "1 is fastest for the tiny toys on a busy machine")
@@ -186,7 +190,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from deepseek_v4_ov.runtime.generate import (
         Generator, Sampling, check_prompt, check_request, parse_ids, stderr_progress,
     )
-    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
+    from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, check_chunk
     from deepseek_v4_ov.runtime.speculative import check_threshold
 
     drafter = "mtp" if args.mtp else "dspark" if args.dspark else None
@@ -202,9 +206,10 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.confidence_threshold and drafter != "dspark":
         raise ValueError("--confidence-threshold: only with --dspark (the DSpark drafter's confidence head)")
     check_threshold(args.confidence_threshold)
+    check_chunk(args.prefill_chunk)
     gen = Generator(args.model, drafter, args.device,
                     {**F32_CONFIG, **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})},
-                    args.confidence_threshold)
+                    args.confidence_threshold, args.prefill_chunk)
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else gen.encode(args.prompt)
     stderr_progress(f"generating {args.max_new_tokens} tokens after {len(ids)} prompt tokens"
                     f"{f' ({drafter} speculative)' if drafter else ''}")

@@ -181,7 +181,7 @@ def max_len_of(ov_model: ov.Model) -> int:
 
 class StaticCacheLM(OVCausalLM):
     """The static stateful IR behind `OVCausalLM`'s interface: a prompt `[1, S]` is fed one token per
-    call (the logits of every position come back), decode is one call per token; `max_len` bounds
+    call (the logits of every position come back, or of the last `keep`), decode is one call per token; `max_len` bounds
     prompt + response."""
 
     def __init__(self, model: ov.Model | str | Path, device: str = "CPU", config: dict | None = None,
@@ -191,7 +191,7 @@ class StaticCacheLM(OVCausalLM):
         self.max_len = max_len_of(model)
         super().__init__(model, device, config, core)
 
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids: np.ndarray, keep: int | None = None) -> np.ndarray:
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, seq = input_ids.shape
         if batch != 1:
@@ -204,4 +204,4 @@ class StaticCacheLM(OVCausalLM):
             out.append(np.array(self.request.get_tensor("logits").data, dtype=np.float32))
         self.last_s = time.perf_counter() - start
         self.past += seq
-        return np.concatenate(out, 1)
+        return np.concatenate(out[-keep:] if keep else out, 1)

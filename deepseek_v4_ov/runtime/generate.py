@@ -5,7 +5,10 @@ greedy speculative decoding with the folder's drafter (`runtime/speculative.py`)
     result = gen.generate(gen.encode("def main():"), max_new_tokens=64)
     result.text, result.tokens_per_s, result.to_json()
 
-Timings: `ttft_s` is the prompt call plus the choice of the first token; `tokens_per_s` counts the tokens
+The prompt goes in calls of `prefill_chunk` tokens (`OVCausalLM.prefill`; default `DEFAULT_PREFILL_CHUNK`, 0:
+one call), each running the head on its last position only.
+
+Timings: `ttft_s` is the prompt's calls plus the choice of the first token; `tokens_per_s` counts the tokens
 after the first over the time after it (decode only); `tokens_per_cpu_s` the same tokens over the CPU time
 this process used meanwhile (all its threads: a figure that other processes' load moves less). Decoding stops at the folder's EOS token
 (generation_config.json) unless `stop_at_eos=False`.
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
+from deepseek_v4_ov.runtime.ov_lm import DEFAULT_PREFILL_CHUNK, F32_CONFIG, OVCausalLM, check_chunk
 from deepseek_v4_ov.runtime.speculative import DSparkDrafter, MTPDrafter, SpeculativeStats, speculative_greedy
 
 DRAFTERS = {"mtp": MTPDrafter, "dspark": DSparkDrafter}  # openvino_config.json's drafter kind -> its runtime
@@ -143,10 +146,12 @@ class Generator:
     """A compiled exported folder (target, and the drafter when `drafter` is given) with its tokenizer."""
 
     def __init__(self, folder: str | Path, drafter: str | None = None, device: str = "CPU",
-                 config: dict | None = None, threshold: float = 0.0) -> None:
+                 config: dict | None = None, threshold: float = 0.0,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
         folder = Path(folder)
+        check_chunk(prefill_chunk)
         record, self.vocab = self.check_folder(folder, drafter)
-        self.folder, self.drafter_kind = folder, drafter
+        self.folder, self.drafter_kind, self.prefill_chunk = folder, drafter, prefill_chunk
         config = F32_CONFIG if config is None else config
         core = ov.Core()
         self.target = OVCausalLM(folder, device, config, core)
@@ -226,11 +231,11 @@ class Generator:
 
         stats = None
         if self.drafter is not None:
-            _, stats = speculative_greedy(self.target, self.drafter, ids, max_new_tokens, commit)
+            _, stats = speculative_greedy(self.target, self.drafter, ids, max_new_tokens, commit, self.prefill_chunk)
         else:
             rng = np.random.default_rng(sampling.seed)
             self.target.reset()
-            logits = self.target(ids)[0, -1]
+            logits = self.target.prefill(ids, self.prefill_chunk)[0][0, -1]
             while not commit([sampling.pick(logits, rng)]) and len(tokens) < max_new_tokens:
                 logits = self.target(np.array([tokens[-1:]], dtype=np.int64))[0, -1]
         end, cpu_end = time.perf_counter(), time.process_time()

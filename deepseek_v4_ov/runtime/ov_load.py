@@ -27,11 +27,15 @@ class _DropOfflineNote(logging.Filter):
         return not str(record.getMessage()).startswith(_OFFLINE_NOTE)
 
 
-def load_ov_causal_lm(folder: Path | str, **kwargs):
+def load_ov_causal_lm(folder: Path | str, last_logits: bool = False, **kwargs):
     """`OVModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **kwargs)` for an exported folder,
-    without the spurious warnings listed in the module docstring."""
+    without the spurious warnings listed in the module docstring. `last_logits`: every call returns the last
+    position's logits only (`[B, 1, vocab]`; the head runs on that position, as in GenAI's LLMPipeline), which
+    is all `generate` reads; perplexity through `forward` needs the default (every position)."""
     from optimum.intel import OVModelForCausalLM
     from transformers import AutoConfig
+
+    from deepseek_v4_ov.runtime.ov_lm import keep_last_logits
 
     folder = Path(folder).resolve()
     if not (folder / "openvino_model.xml").is_file():
@@ -41,7 +45,13 @@ def load_ov_causal_lm(folder: Path | str, **kwargs):
     note_filter = _DropOfflineNote()
     logger = logging.getLogger("optimum.intel.openvino.modeling_base")
     logger.addFilter(note_filter)
+    compile_now = kwargs.pop("compile", True)
     try:
-        return OVModelForCausalLM.from_pretrained(str(folder), export=False, **kwargs)
+        model = OVModelForCausalLM.from_pretrained(str(folder), export=False, compile=False, **kwargs)
     finally:
         logger.removeFilter(note_filter)
+    if last_logits:
+        keep_last_logits(model.model, last=1)
+    if compile_now:
+        model.compile()
+    return model

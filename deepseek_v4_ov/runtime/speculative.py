@@ -36,7 +36,7 @@ import numpy as np
 import openvino as ov
 
 from deepseek_v4_ov.convert.stateful import TAPS
-from deepseek_v4_ov.runtime.ov_lm import OVCausalLM
+from deepseek_v4_ov.runtime.ov_lm import DEFAULT_PREFILL_CHUNK, OVCausalLM
 
 
 class Drafter(Protocol):
@@ -179,11 +179,12 @@ def check_batch(input_ids: np.ndarray) -> None:
 
 
 def speculative_greedy(target: OVCausalLM, drafter: Drafter, input_ids: np.ndarray, new_tokens: int,
-                       on_tokens=None) -> tuple[list[int], SpeculativeStats]:
+                       on_tokens=None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> tuple[list[int], SpeculativeStats]:
     """`new_tokens` greedy tokens after `input_ids` `[1, S]` (equal to plain greedy decoding), drafted by
     `drafter` and verified by `target` (a stateful IR with the `drafter_taps` output): the tokens and the
     statistics. `on_tokens(list)` is called with the tokens of each step as they are committed (the first
-    call holds the prompt's token); returning True stops (e.g. at EOS)."""
+    call holds the prompt's token); returning True stops (e.g. at EOS). The prompt goes in calls of
+    `prefill_chunk` tokens (`OVCausalLM.prefill`); the verify calls return the logits of all their positions."""
     input_ids = np.asarray(input_ids, dtype=np.int64)
     check_batch(input_ids)
     if TAPS not in target.outputs:
@@ -193,8 +194,8 @@ def speculative_greedy(target: OVCausalLM, drafter: Drafter, input_ids: np.ndarr
     target.reset()
     drafter.reset()
     committed = [int(t) for t in input_ids[0]]
-    logits = target(input_ids)
-    taps, base = target.output(TAPS), 0  # taps of positions base.. of the last call
+    logits, outputs = target.prefill(input_ids, prefill_chunk, collect=(TAPS,))
+    taps, base = outputs[TAPS], 0  # taps of positions base.. of the last call (here: the whole prompt)
     committed.append(int(logits[0, -1].argmax()))
     produced, absorbed, drafted, clean = 1, len(input_ids[0]), 0, True
     stop = bool(on_tokens and on_tokens(committed[-1:]))
