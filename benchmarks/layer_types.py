@@ -70,6 +70,9 @@ EVICT_BYTES = 1 << 30  # larger than the CPU's last-level cache (480 MiB on the 
 PROFILE_STEPS = 10  # decode steps the steady-state profile averages
 FORMS = [  # (label, compressed_moe.py arguments), most telling first (`--forms-s` may cut the list short)
     ("experts grouped int4 sym g64 [f32] (the export's form)", "--form grouped --weights int4 --sym --group 64"),
+    ("experts grouped int4 sym g64, w2's shape (N 4096, K 2048)",
+     "--form grouped --weights int4 --sym --group 64 --n 4096 --k 2048"),
+    ("experts grouped int4 sym g64, w1 and w3 stacked (N 4096)", "--form grouped --weights int4 --sym --group 64 --n 4096"),
     ("experts grouped int4 asym g32 (the earlier default)", "--form grouped --weights int4 --group 32"),
     ("experts 1 fused FC int4 sym g64 (static picks)", "--form fused --weights int4 --sym --group 64"),
     ("experts 6 separate FC int4 sym g64 (static picks)", "--form each --weights int4 --sym --group 64"),
@@ -325,10 +328,12 @@ def build_slice(ratio: int, args) -> dict:
                  "head_dim": 128, "q_lora_rank": 128, "o_lora_rank": 128, "o_groups": 2, "index_n_heads": 8,
                  "index_head_dim": 64} if args.small else None
     out = args.workdir / f"slice-r{ratio}-e{args.experts}{'-small' if overrides else ''}-int4"
-    if (out / "openvino_model.xml").is_file():
-        return {"ratio": ratio, "ir": str(out), "export": "reused"}
+    record = args.workdir / f"{out.name}.export.json"  # the export's figures, for a later run that reuses it
+    if (out / "openvino_model.xml").is_file() and record.is_file():
+        return {"ratio": ratio, "ir": str(out), "export": json.loads(record.read_text())}
     src = ensure_slice(args.workdir, ratio, args.experts, overrides)
     res = export_measured(src, out, "int4", keep=True)
+    record.write_text(json.dumps(res))
     if not args.keep_checkpoints:
         shutil.rmtree(src, ignore_errors=True)
     print(f"  exported {out.name}: {res['wall_s']:.0f}s, peak {res['peak_rss_gb']:.2f} GB, IR {res['ir_gb']} GB",
@@ -357,6 +362,9 @@ def main_run(args) -> int:
     with ThreadPoolExecutor(parallel) as pool:
         built = list(pool.map(lambda r: build_slice(r, args), args.ratios))
     result["slices"] = built
+    if args.export_only:
+        write_json(args.json, result)
+        return 0
     types: dict[int, dict] = {}
     for b in built:
         ir = Path(b["ir"])
@@ -495,6 +503,8 @@ def main() -> int:
     ap.add_argument("--small", action="store_true", help="small widths (a quick check of the script)")
     ap.add_argument("--parallel", type=int, default=3, help="slices exported at once")
     ap.add_argument("--keep-checkpoints", action="store_true")
+    ap.add_argument("--export-only", action="store_true",
+                    help="build and export the slices, then stop (a later run in the same --workdir measures them)")
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
                     help="prompt tokens per call, as `generate --prefill-chunk` (0: one call)")
