@@ -27,6 +27,6 @@ python3 -c "import yaml, tqdm" 2>/dev/null || python3 -m pip install -q --no-ind
 export PYTHONPATH=/tmp/site:$PWD
 lscpu | grep -E 'Model name|^CPU\(s\)'; free -g | head -2; df -h /tmp | tail -1
 echo "setup $(( $(date +%s) - T0 ))s"
-python3 benchmarks/llama_cpp.py --llama-dir $LL --ratios ${RATIOS:-4 128} --experts 256 --workdir /tmp/lc \
+timeout $(( 585 - $(date +%s) + T0 )) python3 benchmarks/llama_cpp.py --llama-dir $LL --ratios ${RATIOS:-4 128} --experts 256 --workdir /tmp/lc \
   --threads 16 --repeat ${REPEAT:-3} --budget-s ${BUDGET_S:-470} --json $OUT/llama_cpp.json 2>&1 | tee $OUT/llama_cpp.log
 cat $OUT/llama_build.log | tail -3; df -h /tmp | tail -1; echo "total $(( $(date +%s) - T0 ))s"

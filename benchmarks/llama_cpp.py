@@ -186,9 +186,9 @@ class LlamaCpp:
                          "ms_per_token": round(statistics.median(samples) / n, 4),
                          "tok_s": round(r["avg_ts"], 2), "tok_s_stddev": round(r["stddev_ts"], 2),
                          "samples_ms": [round(s, 3) for s in samples]}
-            out.setdefault("build_commit", r.get("build_commit"))
-            out.setdefault("model_type", r.get("model_type"))
-            out.setdefault("cpu_info", r.get("cpu_info"))
+            for key in ("build_commit", "model_type", "model_size", "cpu_info", "n_threads", "n_batch",
+                        "n_ubatch", "flash_attn", "repack", "type_k", "type_v"):
+                out.setdefault(key, r.get(key))
         return out
 
     def tensor_bytes(self, gguf: Path) -> dict[str, Any]:
@@ -263,9 +263,9 @@ def ours_worker(ir: Path, prompt: int, gen: int, repeat: int, with_profile: bool
             total += lm.last_s
         return total
 
-    prefill()
-    decode_round()  # warm-up, as llama-bench's
-    pre = [prefill() for _ in range(repeat)]
+    prefill()  # warm-up rounds, as llama-bench's; each shape's right before its timed rounds (a change of
+    pre = [prefill() for _ in range(repeat)]  # call length re-prepares the CPU plugin's graph)
+    decode_round()
     dec = [decode_round() for _ in range(repeat)]
     out: dict[str, Any] = {
         "compile_s": round(lm.timings.compile_s, 2),
@@ -292,7 +292,7 @@ def ours_worker(ir: Path, prompt: int, gen: int, repeat: int, with_profile: bool
 def measure_ours(ir: Path, args, with_profile: bool) -> dict:
     cmd = [python_main(), str(Path(__file__).resolve()), "--worker", str(ir), "--prompt", str(args.prompt),
            "--gen", str(args.gen), "--repeat", str(args.repeat)] + (["--profile"] if with_profile else [])
-    rc, wall, rss, out = run_child(cmd, env={"OMP_NUM_THREADS": str(args.threads)})
+    rc, wall, rss, out = run_child(cmd)
     if rc:
         raise RuntimeError(f"our worker on {ir} failed:\n{out[-3000:]}")
     res = last_json(out)
@@ -325,8 +325,15 @@ class Background:
             except ProcessLookupError:
                 pass
 
-    def wait(self, name: str) -> tuple[int, float, str]:
-        rc = self.procs[name].wait()
+    def wait(self, name: str, timeout: float) -> tuple[int | None, float, str]:
+        """(exit status, or None when killed at `timeout` seconds from now; seconds since start; its log)."""
+        proc = self.procs[name]
+        try:
+            rc = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
         return rc, time.perf_counter() - self.started[name], self.logs[name].read_text()
 
 
@@ -444,15 +451,17 @@ def main_run(args) -> int:
                 layer["types_bytes"] = lay[max(lay)]["types"]
                 runs["per_layer"] = layer
     # 4. ours: wait for the exports, then measure (nothing else running)
+    done = set()
     for name in list(bg.procs):
-        rc, wall, out = bg.wait(name)
+        rc, wall, out = bg.wait(name, left() - 30)
         pieces = dict(re.findall(r"piece \d+/\d+ \((\S+)\): ([\d.]+)s", out))
         log(f"{name}: exit {rc} after {wall:.0f}s (pieces {pieces})")
-        if rc:
-            raise RuntimeError(f"{name} failed:\n{out[-3000:]}")
         ratio, layers = int(name.split()[1][1:]), int(name.split()[2][1:])
         result["types"][TYPE_NAMES[ratio]]["ours"].setdefault(f"L{layers}", {})["export"] = {
-            "wall_s": round(wall, 1), "piece_s": {k: float(v) for k, v in pieces.items()}}
+            "wall_s": round(wall, 1), "piece_s": {k: float(v) for k, v in pieces.items()},
+            **({"error": out[-2000:]} if rc else {"killed_at_budget": True} if rc is None else {})}
+        if rc == 0:
+            done.add((ratio, layers))
     if not args.keep_checkpoints:
         for src in srcs.values():
             shutil.rmtree(src, ignore_errors=True)
@@ -462,10 +471,18 @@ def main_run(args) -> int:
         t = result["types"][TYPE_NAMES[ratio]]
         res = {}
         for layers in ((1, 2) if args.ours == "diff" else (1,)):
+            if (ratio, layers) not in done:
+                continue
             if left() < 30:
                 log(f"skipped ours r={ratio} L{layers}: {left():.0f}s left")
                 continue
-            res[layers] = measure_ours(irs[(ratio, layers)], args, with_profile=layers == 1 and args.ours != "diff")
+            try:
+                res[layers] = measure_ours(irs[(ratio, layers)], args,
+                                           with_profile=layers == 1 and args.ours != "diff")
+            except RuntimeError as exc:
+                t["ours"][f"L{layers}"]["error"] = str(exc)[-2000:]
+                log(f"ours r={ratio} L{layers}: ERROR {str(exc)[-500:]}")
+                continue
             t["ours"][f"L{layers}"].update({k: v for k, v in res[layers].items()
                                             if k not in ("profile_prefill", "profile_decode")})
             log(f"ours r={ratio} L{layers}: decode {res[layers]['decode']['ms_per_token']:.3f} ms/token, prefill "
