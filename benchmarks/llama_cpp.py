@@ -161,7 +161,9 @@ class LlamaCpp:
     def quantize(self, src: Path, out: Path, qtype: str) -> dict:
         cmd = [str(self.bin / "llama-quantize"), "--allow-requantize", str(src), str(out), qtype,
                str(self.threads)]
-        rc, wall, rss, output = run_child(cmd)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")  # it prints raw bytes
+        rc, wall, output = proc.returncode, time.perf_counter() - t0, proc.stdout + proc.stderr
         if rc:
             raise RuntimeError(f"llama-quantize {qtype} failed:\n{output[-4000:]}")
         return {"wall_s": round(wall, 1), "bytes": out.stat().st_size,
@@ -173,7 +175,7 @@ class LlamaCpp:
 
     def bench(self, gguf: Path, prompt: int, gen: int) -> dict:
         cmd = self.bench_cmd(gguf, prompt, gen)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         if proc.returncode:
             raise RuntimeError(f"llama-bench failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         rows = json.loads(proc.stdout)
@@ -396,6 +398,9 @@ def main_run(args) -> int:
         for layers in ((1, 2) if args.ours == "diff" else (1,)):
             view = make_view(src, args.workdir / f"{src.name}-L{layers}-view", layers, for_llama=False)
             irs[(ratio, layers)] = args.workdir / f"{src.name}-L{layers}-int4"
+            if args.reuse and (irs[(ratio, layers)] / "openvino_model.xml").is_file():
+                bg.start(f"export r{ratio} L{layers}", ["true"], args.workdir / f"reused-r{ratio}-L{layers}.log")
+                continue
             bg.start(f"export r{ratio} L{layers}", [python_main(), "-m", "export", "--model", str(view),
                      str(irs[(ratio, layers)]), "--weight-format", "int4", "--disable-convert-tokenizer",
                      "--overwrite"], args.workdir / f"export-r{ratio}-L{layers}.log")
@@ -411,7 +416,9 @@ def main_run(args) -> int:
         views = {n: make_view(src, args.workdir / f"{src.name}-L{n}-gguf-view", n, True, tok) for n in (1, 2)}
         mx = {n: args.workdir / f"{src.name}-L{n}-mxfp4.gguf" for n in (1, 2)}
         with ThreadPoolExecutor(2) as pool:  # the converter is mostly one thread
-            conv = dict(zip((1, 2), pool.map(lambda n: llama.convert(views[n], mx[n]), (1, 2))))
+            conv = dict(zip((1, 2), pool.map(lambda n: {"reused": True, "bytes": mx[n].stat().st_size, "wall_s": 0}
+                                              if args.reuse and mx[n].is_file() else llama.convert(views[n], mx[n]),
+                                              (1, 2))))
         log(f"r={ratio}: converted in {conv[1]['wall_s']}s / {conv[2]['wall_s']}s "
             f"({conv[1]['bytes'] / 1e9:.2f} / {conv[2]['bytes'] / 1e9:.2f} GB); disk free {disk_free(args.workdir)}")
         if not args.keep_checkpoints and args.ours != "diff":
@@ -671,6 +678,7 @@ def main() -> int:
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument("--keep-gguf", action="store_true")
     ap.add_argument("--keep-irs", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="reuse IRs and as-converted GGUFs found in --workdir")
     ap.add_argument("--json")
     ap.add_argument("--readme", type=Path, help="write the README block from this JSON and exit")
     ap.add_argument("--check", action="store_true", help="numerics: llama.cpp vs the PyTorch port, trained toy")
