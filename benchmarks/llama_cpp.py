@@ -611,7 +611,7 @@ def check(args) -> int:
     prompt_file = args.workdir / "check-prompt.txt"
     prompt_file.write_text(prompt_text)
     cmd = [str(llama.bin / "llama-completion"), "-m", str(gguf), "-f", str(prompt_file), "-n", str(args.check_new),
-           "--temp", "0", "--top-k", "1", "-t", str(args.threads), "--repack", "0", "-no-cnv", "--no-warmup",
+           "--temp", "0", "--top-k", "1", "-t", str(args.threads), "--no-repack", "-no-cnv", "--no-warmup",
            "--ignore-eos", "--seed", "0", "--no-display-prompt", "-c", "1024"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -629,7 +629,7 @@ def check(args) -> int:
     text_file = args.workdir / "heldout.txt"
     text_file.write_text(text)
     cmd = [str(llama.bin / "llama-perplexity"), "-m", str(gguf), "-f", str(text_file), "-c", str(args.ctx),
-           "--chunks", str(args.chunks), "-t", str(args.threads), "--repack", "0", "-b", str(args.ctx)]
+           "--chunks", str(args.chunks), "-t", str(args.threads), "--no-repack", "-b", str(args.ctx)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"llama-perplexity failed:\n{proc.stderr[-3000:]}")
