@@ -38,11 +38,12 @@ V4_FLASH_CHECKPOINT_BYTES = 159_609_485_896  # the release's payload (dry run of
 PIECE_RE = re.compile(r"piece \d+/\d+ \((\S+)\): ([\d.]+)s")
 
 
-def slice_preset(ratio: int, experts: int) -> dict:
+def slice_preset(ratio: int, experts: int, layers: int = 1) -> dict:
     from toy.presets import PRESETS
 
     preset = copy.deepcopy(PRESETS["mid"])
-    preset.update(num_hidden_layers=1, compress_ratios=[ratio], n_routed_experts=experts, num_nextn_predict_layers=0,
+    preset.update(num_hidden_layers=layers, compress_ratios=[ratio] * layers, n_routed_experts=experts,
+                  num_nextn_predict_layers=0,
                   num_hash_layers=1 if ratio == 0 else 0)  # V4-Flash hashes its first (sliding) layers
     return preset
 
@@ -108,12 +109,13 @@ def write_synthetic(folder: Path, preset: dict, seed: int = 0) -> int:
     return total
 
 
-def ensure_slice(workdir: Path, ratio: int, experts: int, overrides: dict | None = None) -> Path:
+def ensure_slice(workdir: Path, ratio: int, experts: int, overrides: dict | None = None, layers: int = 1) -> Path:
     """The synthetic slice `workdir/slice-r<ratio>-e<experts>` (written once, in a child process);
-    `overrides` replaces preset fields (smaller widths for a quick local run)."""
-    src = workdir / (f"slice-r{ratio}-e{experts}" + ("-small" if overrides else ""))
+    `overrides` replaces preset fields (smaller widths for a quick local run); `layers` layers of the type
+    (`-L<layers>` in the name when not 1)."""
+    src = workdir / (f"slice-r{ratio}-e{experts}" + ("-small" if overrides else "") + (f"-L{layers}" if layers != 1 else ""))
     if not (src / "config.json").is_file():
-        preset = {**slice_preset(ratio, experts), **(overrides or {})}
+        preset = {**slice_preset(ratio, experts, layers), **(overrides or {})}
         rc, wall, rss, out = run_child([python_main(), "-c", (
             "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
             "from conversion_memory import write_synthetic\nfrom pathlib import Path\n"
