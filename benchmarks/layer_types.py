@@ -66,6 +66,9 @@ from decode_profile import CallProfile  # noqa: E402
 TYPE_NAMES = {0: "SWA (ratio 0)", 4: "CSA (ratio 4)", 128: "HCA (ratio 128)"}
 VERIFY_S = (1, 2, 5)
 LONG_PROMPT = 2048  # the long prompt (projection key prefill_2048_tok_s)
+LONG_CONTEXT = 4096  # decode is also timed after this many tokens (CSA's top-k fills at 2,048, HCA keeps growing)
+SNIPPETS = {"SNIPPETS_MODE": "IGNORE_CALLBACK"}  # variant "+snippets": the plugin fuses small eltwise/reduce chains
+                                                # regardless of their parallel work amount (mHC's Sinkhorn)
 EVICT_BYTES = 1 << 30  # larger than the CPU's last-level cache (480 MiB on the Xeons measured)
 PROFILE_STEPS = 10  # decode steps the steady-state profile averages
 FORMS = [  # (label, compressed_moe.py arguments), most telling first (`--forms-s` may cut the list short)
@@ -109,7 +112,7 @@ def worker(ir: Path, hint: str, dq: int | None, args, with_profile: bool) -> dic
 
     prompt, new, reps, chunk = args.prompt, args.new, args.reps, args.chunk
     cfg = json.loads((ir / "config.json").read_text())
-    config = {"INFERENCE_PRECISION_HINT": hint}
+    config = {"INFERENCE_PRECISION_HINT": hint, **(SNIPPETS if args.snippets else {})}
     if dq is not None:
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(dq)
     evict = np.ones(EVICT_BYTES // 8)  # read before every timed call: a slice's weights would stay in the L3
@@ -121,7 +124,7 @@ def worker(ir: Path, hint: str, dq: int | None, args, with_profile: bool) -> dic
         dq_used = int(lm.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     except RuntimeError:
         dq_used = None
-    ids = np.random.default_rng(0).integers(2, cfg["vocab_size"], (1, max(prompt + new + 16, LONG_PROMPT)),
+    ids = np.random.default_rng(0).integers(2, cfg["vocab_size"], (1, max(prompt, LONG_CONTEXT) + new + 16),
                                             dtype=np.int64)
 
     def call(tokens):
@@ -178,6 +181,10 @@ def worker(ir: Path, hint: str, dq: int | None, args, with_profile: bool) -> dic
         out["prefill_2048_tok_s"] = round(LONG_PROMPT / out["prefill_2048_ms"] * 1e3, 2)
         mem["long"] = memory_mb()
         out["ttft_ms"] = {str(n): round(1e3 * ttft(n), 1) for n in (prompt, LONG_PROMPT)}
+        prefill(LONG_CONTEXT)
+        lm(ids[:, LONG_CONTEXT:LONG_CONTEXT + 1])  # untimed: the first step at this context
+        long_s = [call(ids[:, LONG_CONTEXT + i:LONG_CONTEXT + i + 1]) for i in range(1, 1 + new // 2)]
+        out["decode_ms_at_context"] = {"context": LONG_CONTEXT, "ms": round(1e3 * statistics.median(long_s), 3)}
         out["chunks"] = []
         for size in sorted(args.chunks, key=lambda c: c or LONG_PROMPT):
             lm.reset()
@@ -220,7 +227,7 @@ def worker(ir: Path, hint: str, dq: int | None, args, with_profile: bool) -> dic
 
 
 def measure(ir: Path, hint: str, dq: int | None, args, with_profile: bool, timeout: float | None = None,
-            chunks: list[int] = ()) -> dict:
+            chunks: list[int] = (), snippets: bool = False) -> dict:
     cmd = [python_main(), str(Path(__file__).resolve()), "--worker", str(ir), "--hint", hint, "--prompt",
            str(args.prompt), "--new", str(args.new), "--reps", str(args.reps), "--chunk", str(args.chunk),
            "--long-reps", str(args.long_reps), "--chunks", *map(str, chunks)]
@@ -228,6 +235,8 @@ def measure(ir: Path, hint: str, dq: int | None, args, with_profile: bool, timeo
         cmd += ["--dq", str(dq)]
     if with_profile:
         cmd.append("--profile")
+    if snippets:
+        cmd.append("--snippets")
     rc, wall, rss, out = run_child(cmd, timeout=timeout)
     if rc:
         return {"error": out[-3000:], "hint": hint, "dq_requested": dq}
@@ -388,11 +397,13 @@ def main_run(args) -> int:
     variants = []
     csa = next((b for b in built if b["ratio"] == 4), built[0])
     for spec in args.variants:
-        hint, _, dq = spec.partition(":")
+        base, _, extra = spec.partition("+")
+        hint, _, dq = base.partition(":")
         if left() < args.worker_s * 0.6:
             print(f"  skipped variant {spec}: {left():.0f}s left", flush=True)
             continue
-        res = measure(Path(csa["ir"]), hint, int(dq) if dq else None, args, with_profile=False, timeout=left())
+        res = measure(Path(csa["ir"]), hint, int(dq) if dq else None, args, with_profile=False, timeout=left(),
+                      snippets=extra == "snippets")
         res["variant"] = spec
         variants.append(res)
         print(f"  variant {spec}: " + (f"decode {res['decode_ms']:.2f} ms, prefill {res['prefill_tok_s']:.1f} tok/s"
@@ -498,7 +509,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=int, default=256)
-    ap.add_argument("--ratios", type=int, nargs="+", default=[4, 128, 0])
+    ap.add_argument("--ratios", type=int, nargs="*", default=[4, 128, 0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dsv4-layers"))
     ap.add_argument("--small", action="store_true", help="small widths (a quick check of the script)")
     ap.add_argument("--parallel", type=int, default=3, help="slices exported at once")
@@ -519,7 +530,8 @@ def main() -> int:
     ap.add_argument("--forms", action="store_true", help="run the compressed_moe.py form comparison")
     ap.add_argument("--forms-s", type=float, default=1e9, help="start no form case after this many seconds")
     ap.add_argument("--variants", nargs="*", default=["bf16", "f32:0"],
-                    help="HINT[:DQ] compiled on the CSA slice besides f32 with the plugin's defaults")
+                    help="HINT[:DQ][+snippets] compiled on the CSA slice besides f32 with the plugin's defaults "
+                         "(+snippets: SNIPPETS_MODE=IGNORE_CALLBACK)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip measurements that would start later")
     ap.add_argument("--worker-s", type=float, default=60, help="time one slice measurement is assumed to take")
     ap.add_argument("--json")
@@ -533,8 +545,12 @@ def main() -> int:
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--hint", default="f32", help=argparse.SUPPRESS)
     ap.add_argument("--dq", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--snippets", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    bad = [v for v in args.variants if v.partition("+")[2] not in ("", "snippets")]
+    if bad:
+        ap.error(f"--variants {bad[0]}: HINT[:DQ][+snippets]")
     if args.readme:
         replace_readme_block(ROOT / "README.md", "v4-flash-projection", readme_table(args.readme))
         return 0

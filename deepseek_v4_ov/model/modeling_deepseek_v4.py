@@ -373,8 +373,8 @@ class Indexer(nn.Module):
         batch, seq = x.shape[:2]
         q = rope(positions)(self.wq_b(qr).view(batch, seq, self.n_heads, self.head_dim)).float()
         weights = self.weights_proj(x).float() * self.n_heads**-0.5
-        dots = torch.einsum("bshd,btd->bsht", q, keys.float()).relu() * self.head_dim**-0.5
-        scores = torch.einsum("bsht,bsh->bst", dots, weights)
+        dots = shared_scores(q, keys.float()).relu() * self.head_dim**-0.5  # [B, S, H, T]
+        scores = torch.matmul(weights.unsqueeze(-2), dots).squeeze(-2)
         return scores.masked_fill(~visible_entries(positions, keys.shape[1], CSA), NEG_INF)
 
     def forward(
@@ -396,6 +396,17 @@ class Indexer(nn.Module):
 # ------------------------------------------------------------------------------------------------------
 # Attention
 # ------------------------------------------------------------------------------------------------------
+def shared_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Queries `[B, S, H, D]` against K=V rows shared by every head `[B, K, D]`: `[B, S, H, K]`, as one matmul
+    with the heads folded into rows (traced, an einsum would broadcast the rows to every head at run time)."""
+    return torch.matmul(q.flatten(1, 2), keys.transpose(1, 2)).unflatten(1, (-1, q.shape[2]))
+
+
+def shared_mix(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Weights `[B, S, H, K]` over rows shared by every head `[B, K, D]`: `[B, S, H, D]` (as `shared_scores`)."""
+    return torch.matmul(probs.flatten(1, 2), rows).unflatten(1, (-1, probs.shape[2]))
+
+
 class Attention(nn.Module):
     """V4 attention: sliding window for every layer, plus compressed entries on CSA/HCA layers.
 
@@ -435,10 +446,10 @@ class Attention(nn.Module):
         return qr, rot(rms_normalize(q, self.eps).to(x.dtype))
 
     def with_sink(self, scores: list[torch.Tensor]) -> torch.Tensor:
-        """Softmax over the concatenated key scores `[B, H, S, *]` and the head's sink, which takes part in
+        """Softmax over the concatenated key scores `[B, S, H, *]` and the head's sink, which takes part in
         the denominator only (its column is returned last and never read)."""
-        batch, _, seq, _ = scores[0].shape
-        sink = self.attn_sink.float().view(1, -1, 1, 1).expand(batch, -1, seq, 1)
+        batch, seq = scores[0].shape[:2]
+        sink = self.attn_sink.float().view(1, 1, -1, 1).expand(batch, seq, -1, 1)
         return torch.cat((*scores, sink), -1).softmax(-1)
 
     def output(self, out: torch.Tensor, rot: Rotation) -> torch.Tensor:
@@ -468,7 +479,7 @@ class Attention(nn.Module):
         # sliding window: W keys per query, the query's own token included
         keys, window_mask = self.state_layout.window(state, prefix + "window", kv, positions, self.window)
         scale = self.head_dim**-0.5
-        scores = [torch.einsum("bshd,bkd->bhsk", q, keys).float().mul(scale).masked_fill(~window_mask[:, None], NEG_INF)]
+        scores = [shared_scores(q, keys).float().mul(scale).masked_fill(~window_mask[:, :, None], NEG_INF)]
 
         compressed = None
         if self.compressor is not None:
@@ -479,23 +490,21 @@ class Attention(nn.Module):
                 padded = F.pad(entries, (0, 0, 0, 1))  # [B, N + 1, D]: invalid picks read the zero row
                 rows = torch.where(valid, picks, n) + (n + 1) * torch.arange(batch, device=x.device).view(-1, 1, 1)
                 compressed = padded.flatten(0, 1)[rows]  # [B, S, k, D]: one gather of the picked rows
-                c_scores = torch.einsum("bshd,bskd->bhsk", q, compressed)
+                c_scores = torch.matmul(q, compressed.transpose(-1, -2))  # each query its own k rows
                 c_mask = valid
             else:
                 compressed = entries  # [B, N, D]: HCA attends to every visible entry
-                c_scores = torch.einsum("bshd,bnd->bhsn", q, entries)
+                c_scores = shared_scores(q, entries)
                 c_mask = visible_entries(positions, entries.shape[1], self.ratio)
-            scores.append(c_scores.float().mul(scale).masked_fill(~c_mask[:, None], NEG_INF))
+            scores.append(c_scores.float().mul(scale).masked_fill(~c_mask[:, :, None], NEG_INF))
 
         probs = self.with_sink(scores).to(x.dtype)
         n_win = keys.shape[1]
-        out = torch.einsum("bhsk,bkd->bshd", probs[..., :n_win], keys)
+        out = shared_mix(probs[..., :n_win], keys)
         if compressed is not None:
             c_probs = probs[..., n_win:-1]
-            if self.indexer is not None:
-                out = out + torch.einsum("bhsk,bskd->bshd", c_probs, compressed)
-            else:
-                out = out + torch.einsum("bhsn,bnd->bshd", c_probs, compressed)
+            out = out + (torch.matmul(c_probs, compressed) if self.indexer is not None
+                         else shared_mix(c_probs, compressed))
         return self.output(out, rot)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
@@ -533,9 +542,9 @@ class DSparkAttention(Attention):
         rot = rope(positions)
         _, q = self.queries(x, rot)
         keys = torch.cat((state[prefix + "context"], self.kv_rows(x, rot)), 1)  # ring, then the block
-        scores = torch.einsum("bshd,bkd->bhsk", q, keys).float().mul(self.head_dim**-0.5)
+        scores = shared_scores(q, keys).float().mul(self.head_dim**-0.5)
         probs = self.with_sink([scores]).to(x.dtype)
-        return self.output(torch.einsum("bhsk,bkd->bshd", probs[..., :-1], keys), rot)
+        return self.output(shared_mix(probs[..., :-1], keys), rot)
 
     def empty_state(self, prefix: str, batch: int, device: torch.device | None) -> dict[str, torch.Tensor]:
         return {prefix + "context": torch.zeros(batch, 0, self.head_dim, device=device)}
@@ -821,7 +830,7 @@ class Block(nn.Module):
     @staticmethod
     def hc_post(out: torch.Tensor, streams: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
         """X'_k = post_k * out + sum_j comb[j, k] * X_j (comb applied transposed), in FP32."""
-        mixed = torch.einsum("bsjk,bsjd->bskd", comb, streams.float())
+        mixed = torch.matmul(comb.transpose(-1, -2), streams.float())
         return (post.unsqueeze(-1) * out.float().unsqueeze(2) + mixed).to(streams.dtype)
 
     def forward(
