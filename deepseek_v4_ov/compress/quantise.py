@@ -32,6 +32,7 @@ dividing the input size is used if it is at least 32, else the backup mode.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ import torch
 MODES = ("int4_sym", "int4_asym", "int8_sym", "int8_asym", "mxfp4")
 NNCF_OPTIMIZED_MIN = 10_000  # nncf MIN_INPUT_SIZE_FOR_OPTIMIZED_COMPRESSION: OpenVINO arithmetic from here on
 MIN_ADJUSTED_GROUP = 32  # nncf AdvancedCompressionParameters.min_adjusted_group_size
+# FP32 bytes quantised at once (rows of a weight, experts of a stack): the arithmetic's temporaries are a
+# few times this, so a large weight (V4-Flash's head: 2.1 GB in FP32) never costs more than ~1 GB extra
+CHUNK_BYTES = 256 << 20
 _EPS = float(np.finfo(np.float32).eps)
 _MATMULS = ("MatMul", "GroupedMatMul")
 # e2m1 magnitudes by code, and the midpoints between neighbours
@@ -103,12 +107,16 @@ def scheme_for(op_type: str, in_features: int, mode: str, group_size: int, fallb
                      "choose another --group-size or --group-size-fallback adjust/ignore")
 
 
-def _ov_exponent(scale: np.ndarray) -> np.ndarray:
-    """ceil(Log(s) / Log(2)) by OpenVINO's CPU ops, as NNCF's model computes the MX exponent."""
+@functools.cache
+def _exponent_model() -> ov.CompiledModel:
     param = ops.parameter([-1], ov.Type.f32)
     exponent = ops.ceiling(ops.log(param) / ops.log(ops.constant(2.0, ov.Type.f32)))
-    compiled = ov.compile_model(ov.Model([exponent], [param]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return compiled(scale.reshape(-1))[0].reshape(scale.shape)
+    return ov.compile_model(ov.Model([exponent], [param]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def _ov_exponent(scale: np.ndarray) -> np.ndarray:
+    """ceil(Log(s) / Log(2)) by OpenVINO's CPU ops, as NNCF's model computes the MX exponent."""
+    return _exponent_model()(scale.reshape(-1))[0].reshape(scale.shape)
 
 
 def _e2m1_codes(v: torch.Tensor) -> torch.Tensor:
@@ -269,6 +277,8 @@ def compress_ops(ov_model: ov.Model, op_names: set[str], mode: str, group_size: 
         with warnings.catch_warnings():  # the constant's memory, read-only: read, never written
             warnings.simplefilter("ignore", UserWarning)
             value = torch.from_numpy(const.get_data())
-        q.fill(0, value)
+        rows = max(1, CHUNK_BYTES // (4 * int(np.prod(shape[1:]))))
+        for start in range(0, shape[0], rows):
+            q.fill(start, value[start:start + rows])
         op.input(port).replace_source_output(q.subgraph(name, port).output(0))
     ov_model.validate_nodes_and_infer_types()

@@ -33,6 +33,7 @@ import torch
 from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, Checkpoint, scale_name, storage_class
 from deepseek_v4_ov.compress.native import fp4_subgraph, fp8_subgraph, half_constant, stacked_fp4_subgraph
 from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with
+from deepseek_v4_ov.compress import quantise
 from deepseek_v4_ov.compress.quantise import QuantisedWeight, scheme_for
 
 _WEIGHT_RE = re.compile(r"^(embed\.|head\.|norm\.|hc_head_|(layers|mtp)\.\d+\.)")
@@ -41,9 +42,6 @@ _EXPERTS_RE = re.compile(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(w[123])$")
 # (toys: one NNCF call), else at most an eighth of it and at most 1 GiB, so that the peak stays a fraction
 # of one layer's FP32 experts (V4-Flash: 25.8 GB per layer, 1 GiB chunks of 10 experts).
 SMALL_LAYER_BYTES, CHUNK_BYTES, CHUNKS_PER_LAYER = 64 << 20, 1 << 30, 8
-# Experts dequantised and quantised at once by the exact quantiser (FP32 bytes of one projection): its
-# temporaries are a few times this (V4-Flash: 8 experts of 2048 x 4096)
-EXACT_CHUNK_BYTES = 256 << 20
 
 
 class ModelWeights:
@@ -189,10 +187,11 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
 
 
 def _quantised(source, layer: str, proj: str, shape: tuple[int, ...], scheme, label: str) -> ov.Output:
-    """One projection's stacked experts quantised a few experts at a time (`EXACT_CHUNK_BYTES`) into NNCF's
-    constants and decompression subgraph for the whole stack (the GroupedMatMul's weight, port 1)."""
+    """One projection's stacked experts dequantised and quantised a few experts at a time
+    (`quantise.CHUNK_BYTES` of FP32; V4-Flash: 8 experts of 2048 x 4096) into NNCF's constants and
+    decompression subgraph for the whole stack (the GroupedMatMul's weight, port 1)."""
     q = QuantisedWeight(shape, scheme)
-    per_chunk = max(1, EXACT_CHUNK_BYTES // (4 * shape[1] * shape[2]))
+    per_chunk = max(1, quantise.CHUNK_BYTES // (4 * shape[1] * shape[2]))
     for start in range(0, shape[0], per_chunk):
         part = range(start, min(start + per_chunk, shape[0]))
         q.fill(start, torch.from_numpy(_stack(source, layer, proj, part, shape)))
