@@ -5,7 +5,8 @@
 # torch. One synthetic release-layout slice of three full-width layers (sliding + hash, CSA, HCA; 256
 # experts: ~17 GB of checkpoint, ~18 GB of IR, held twice while stitching: ~55 GB of /tmp at most), exported
 # once with the default int4 command and --jobs ${JOBS:-2}; a seed export gives the runtime's footprint.
-# Budget: slice written in ~2-3 min, export ~3-4 min; `timeout` keeps it inside 9 minutes.
+# Budget: slice written in ~2-3 min, export ~3-4 min, then the quantiser against NNCF on 16 experts (<1 min);
+# the timeouts keep it inside 9 minutes.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/site
 tar xJf .whl/ov-stripped.tar.xz -C /tmp/site
@@ -18,3 +19,5 @@ timeout ${BUDGET_S:-520} python3 benchmarks/conversion_memory.py --experts 256 -
   --jobs ${JOBS:-2} --workdir /tmp/cm --json $OUT/conversion_memory.json --projection $OUT/v4_flash_projection.json \
   2>&1 | tee $OUT/conversion_memory.log
 df -h /tmp | tail -1
+rm -rf /tmp/cm
+timeout 60 python3 benchmarks/quantiser_speed.py --experts 16 --json $OUT/quantiser_speed.json 2>&1 | tee $OUT/quantiser_speed.log

@@ -229,7 +229,7 @@ def main() -> None:
         rc, _, _, out = run_child([python_main(), "-c", code])
         if rc:
             raise RuntimeError(out[-3000:])
-    baseline = export_measured(baseline_src, args.workdir / "seed-out", "int4")
+    baseline = export_measured(baseline_src, args.workdir / "seed-out", "int4", jobs=1)  # one process: the footprint
     print(f"runtime footprint (seed int4 export): peak RSS {baseline['peak_rss_gb']:.2f} GB", flush=True)
 
     slices = []

@@ -381,7 +381,7 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
 
 def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], verbose: bool) -> ov.Model:
     """NNCF's `compress_weights` on the ops `ops` (the primary target) where it ranks or scales weights
-    against each other (`--ratio` < 1, `--awq`)."""
+    against each other (`--ratio` < 1, `--awq`); any format, so that tests can run the policy on NNCF alone."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
@@ -390,14 +390,16 @@ def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], v
     # NNCF's progress bar (rich, on stdout), drawn once per call: an export makes several calls per piece
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     r = opts.resolved()
-    kwargs = {
-        "all_layers": True,  # embed/head are placed by the policy, not by NNCF
-        "ratio": r["ratio"], "group_size": r["group_size"],
-        "backup_mode": nncf.BackupMode(r["backup_precision"]),
-        "awq": opts.awq or None,
-        "advanced_parameters": AdvancedCompressionParameters(
-            group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
-    }
+    kwargs: dict[str, Any] = {}
+    if opts.weight_format != "int8":  # NNCF's INT8 modes take none of these (per channel, no ratio)
+        kwargs = {
+            "all_layers": True,  # embed/head are placed by the policy, not by NNCF
+            "ratio": r["ratio"], "group_size": r["group_size"],
+            "backup_mode": nncf.BackupMode(r["backup_precision"]),
+            "awq": opts.awq or None,
+            "advanced_parameters": AdvancedCompressionParameters(
+                group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
+        }
     try:
         with quiet:
             return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode(r["mode"]),

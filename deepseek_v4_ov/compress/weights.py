@@ -38,8 +38,8 @@ from deepseek_v4_ov.compress.quantise import QuantisedWeight, scheme_for
 
 _WEIGHT_RE = re.compile(r"^(embed\.|head\.|norm\.|hc_head_|(layers|mtp)\.\d+\.)")
 _EXPERTS_RE = re.compile(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(w[123])$")
-# Routed experts compressed at once (FP32 bytes, three projections): a layer's whole stack when it is small
-# (toys: one NNCF call), else at most an eighth of it and at most 1 GiB, so that the peak stays a fraction
+# Routed experts compressed at once in a graph (fp16, --ratio < 1, --awq; FP32 bytes, three projections): a
+# layer's whole stack when it is small (toys: one call), else at most an eighth of it and at most 1 GiB, so that the peak stays a fraction
 # of one layer's FP32 experts (V4-Flash: 25.8 GB per layer, 1 GiB chunks of 10 experts).
 SMALL_LAYER_BYTES, CHUNK_BYTES, CHUNKS_PER_LAYER = 64 << 20, 1 << 30, 8
 

@@ -38,14 +38,6 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
         pass
 
 
-def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
-    except (OSError, StopIteration):
-        return 0.0
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
