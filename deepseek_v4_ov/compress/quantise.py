@@ -156,13 +156,13 @@ def quantise(weight: torch.Tensor, scheme: Scheme, numpy_rule: bool = False
         scale = (mx - mn) / float(high)
         scale = torch.where(scale.abs() < _EPS, torch.full_like(scale, _EPS), scale)
         zero = (0.0 - torch.round(mn / scale)).clamp(0, high)
-        q = torch.round(w / scale + zero).clamp_(0, high).to(torch.uint8)
-        return q, scale, zero.to(torch.uint8)
+        q = torch.div(w, scale).add_(zero).round_().clamp_(0, high)  # in place: one temporary of w's size
+        return q.to(torch.uint8), scale, zero.to(torch.uint8)
     level = 2 ** (scheme.bits - 1)
     amn = mn.abs()
     scale = torch.where(amn >= mx, amn, -mx) / float(level)
     scale = torch.where(scale.abs() < _EPS, torch.full_like(scale, _EPS), scale)
-    return torch.round(w / scale).clamp_(-level, level - 1).to(torch.int8), scale, None
+    return torch.div(w, scale).round_().clamp_(-level, level - 1).to(torch.int8), scale, None
 
 
 def _packed(values: torch.Tensor, four_bit: bool) -> np.ndarray:
@@ -170,8 +170,7 @@ def _packed(values: torch.Tensor, four_bit: bool) -> np.ndarray:
     flat = values.reshape(-1).view(torch.uint8)
     if not four_bit:
         return flat.numpy()
-    flat = flat & 0x0F
-    return (flat[0::2] | (flat[1::2] << 4)).numpy()
+    return ((flat[0::2] & 0x0F) | (flat[1::2] << 4)).numpy()  # uint8 shift drops the high nibble's sign bits
 
 
 class QuantisedWeight:
