@@ -15,13 +15,13 @@ twin `openvino/optimized_functions/models.py`), step for step in float32 with th
     by round to nearest even, as OpenVINO converts a float32 array.
 
 NNCF runs that arithmetic in OpenVINO for weights of at least `NNCF_OPTIMIZED_MIN` elements and in numpy
-below; the two agree for the integer modes and differ for mxfp4 in two places, both mirrored here: the
-exponent (OpenVINO: `ceil(Log(s) / Log(2))`; numpy: `ceil(log2(s))` in float32: next to a power of two their
-last-ulp errors move the ceiling, each its own way (measured: of 1,265 values within an ulp or two of 2^-126..2^126,
-OpenVINO and numpy disagree on 134 and each with the exact exponent on ~460), so that one step runs through the same
-OpenVINO ops, on the scales alone) and the rounding to
-e2m1 (OpenVINO's Convert: nearest, ties to even, signed zero kept; numpy: nearest quantile by
-`searchsorted`, ties to the even code, and every zero becomes -0). `tests/test_quantise.py` checks every
+below; the two agree for the integer modes and differ for mxfp4 in the exponent, both mirrored here
+(OpenVINO: eps before the division by 6, `ceil(Log(s) / Log(2))`; numpy: eps after it, `ceil(log2(s))` in
+float32: next to a power of two their last-ulp errors move the ceiling, each its own way (measured: of 1,265
+values within an ulp or two of 2^-126..2^126, OpenVINO and numpy disagree on 134 and each with the exact
+exponent on ~460), so that one step runs through the same OpenVINO ops, on the scales alone). The e2m1 codes
+are OpenVINO's Convert in both (NNCF converts its numpy result through OpenVINO): nearest, ties to even,
+the sign of zero kept. `tests/test_quantise.py` checks every
 mode, group sizes, fallbacks, ties and tiny groups against NNCF byte for byte.
 
 Which scheme a weight gets follows NNCF's rules (`scheme_for`): in 4-bit modes only MatMul / GroupedMatMul
@@ -49,9 +49,6 @@ MIN_ADJUSTED_GROUP = 32  # nncf AdvancedCompressionParameters.min_adjusted_group
 CHUNK_BYTES = 256 << 20
 _EPS = float(np.finfo(np.float32).eps)
 _MATMULS = ("MatMul", "GroupedMatMul")
-# e2m1 magnitudes by code, and the midpoints between neighbours
-_E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-_E2M1_MID = (_E2M1[1:] + _E2M1[:-1]) / 2
 
 
 @dataclass(frozen=True)
@@ -121,12 +118,14 @@ def _ov_exponent(scale: np.ndarray) -> np.ndarray:
 
 def _e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     """4-bit e2m1 codes (sign << 3 | magnitude index) of `v` (|v| <= 6) as OpenVINO's Convert makes them:
-    the nearest value, ties to the even code, the sign kept (also of a zero)."""
+    the nearest value, ties to the even code, the sign kept (also of a zero). The grid's spacing is 0.5
+    below 2 (codes 0..4 = 2|v|), 1 below 4 (codes 4..6 = |v| + 2) and 2 up to 6 (codes 6, 7 = |v|/2 + 4), so
+    rounding to it is a half-to-even `round` at that spacing (exact: the scalings are powers of two), and an
+    even code is an even rounded value."""
     mag = v.abs()
-    low = torch.bucketize(mag, _E2M1_MID)  # values whose midpoint lies below: a tie stays low
-    up = torch.bucketize(mag, _E2M1_MID, right=True)
-    idx = torch.where((up != low) & (low % 2 == 1), up, low)
-    return (idx | (torch.signbit(v).to(idx.dtype) << 3)).to(torch.uint8)
+    code = torch.where(mag < 4, mag.round().add_(2), (mag * 0.5).round_().add_(4))
+    code = torch.where(mag < 2, (mag * 2).round_(), code).to(torch.uint8)
+    return code | (torch.signbit(v).to(torch.uint8) << 3)
 
 
 def quantise(weight: torch.Tensor, scheme: Scheme, numpy_rule: bool = False
