@@ -243,7 +243,7 @@ def main() -> None:
                      checkpoint_gbs=round(ckpt / GB / r["wall_s"], 3),
                      peak_over_runtime_gb=round(r["peak_rss_gb"] - baseline["peak_rss_gb"], 3))
             slices.append(r)
-            print(f"  r={ratio} {fmt}: {r['wall_s']:.0f}s, peak {r['peak_rss_gb']:.2f} GB "
+            print(f"  r={r['ratio']} {fmt}: {r['wall_s']:.0f}s, peak {r['peak_rss_gb']:.2f} GB "
                   f"(+{r['peak_over_runtime_gb']:.2f} over the runtime), {r['checkpoint_gbs']:.2f} GB/s, "
                   f"pieces {r['piece_s']}", flush=True)
 

@@ -39,7 +39,8 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of the largest process of the export so far: this one or a finished worker (not their sum)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
 
 
 MIN_THREADS_PER_JOB = 4  # a piece's quantiser and tracing keep about this many cores busy

@@ -78,7 +78,7 @@ class ExportResult:
             format_report(self.precision),
             "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.times.items())
             + f"; total {sum(self.times.values()):.1f}s",
-            f"  peak memory (ru_maxrss) {self.peak_rss_mb:,.0f} MB",
+            f"  peak memory (ru_maxrss, largest process) {self.peak_rss_mb:,.0f} MB",
         ]
         if DRAFTER_XML in f:
             lines.insert(2, f"  drafter IR {(f[DRAFTER_XML] + f.get(DRAFTER_BIN, 0)) / 1e6:.2f} MB ({DRAFTER_XML})")
