@@ -20,7 +20,7 @@ cp benchmarks/results/v4_flash_projection.json $OUT/v4_flash_projection.json
 case "$1" in
 measure)
   for r in 4 128; do  # call 1's 1-layer exports (benchmarks/llama_cpp.py) are layer_types' slices
-    ir=/tmp/lc/slice-r$r-e256-L2-L1-int4
+    ir=/tmp/lc/slice-r$r-$r-e256-L1-int4
     if [ -f $ir/openvino_model.xml ] && [ ! -e /tmp/lt/slice-r$r-e256-int4 ]; then
       ln -s $ir /tmp/lt/slice-r$r-e256-int4
       echo "{\"exported_by\": \"benchmarks/llama_cpp.py (1-layer view of a 2-layer slice)\", \"ir\": \"$ir\"}" \

@@ -1,8 +1,13 @@
 """Conversion memory and speed at V4-Flash's real widths, and the projection for the real model.
 
-    python benchmarks/conversion_memory.py --experts 256 --ratios 4 --formats int4 native \
+    python benchmarks/conversion_memory.py --experts 256 --ratios 0 4 128 --multi --formats int4 --jobs 2 \
         --workdir /tmp/dsv4-conv --json benchmarks/results/conversion_memory.json \
         --projection benchmarks/results/v4_flash_projection.json
+
+With `--multi` the ratios make one slice of that many full-width layers (in that order; a leading sliding
+layer is a hash layer, as in V4-Flash), exported once with `--jobs` pieces at a time; without it, one
+one-layer slice per ratio. The peak is the export's whole process tree (the sum of the processes' PSS,
+sampled every 0.2 s: worker processes included), the per-piece and per-stage times come from its log.
 
 Each slice is a synthetic release-layout checkpoint (FP8 linears, FP4 experts, E8M0 scales; random codes)
 of the `mid` preset (hidden 4096, 64 heads of 512, experts 2048 wide, vocabulary 129,280) with one layer of
@@ -12,10 +17,13 @@ so that writing it needs no more memory than converting it. Each export is the d
 ru_maxrss (os.wait4), its per-piece times come from the export's own log. A `seed` toy export gives the
 runtime's own footprint (torch + OpenVINO + NNCF loaded) that the conversion peak is compared with.
 
-Projection for V4-Flash (43 layers, 159.6 GB checkpoint; the MTP block is not exported): the export holds one
-piece at a time, so its peak is the largest piece's, the slices' peak; its time is the embed and head
-pieces plus, for every layer of V4-Flash, the measured piece time of its layer type (the CSA slice's where a
-type was not measured).
+Projection for V4-Flash (43 layers, 159.6 GB checkpoint; the MTP block is not exported): the export holds
+`--jobs` pieces at a time, each as large as a slice's layer piece (embed and head are V4-Flash's own), so its
+peak is the slice's; its convert stage is the embed and head pieces plus, for every layer of V4-Flash, the
+measured piece time of its layer type (the CSA layer's where a type was not measured), divided by the
+concurrency measured on the slice (sum of piece times / convert stage time: the slice's ramp-up and tail make
+this conservative); its stitch the slice's stitch time per IR byte times V4-Flash's IR bytes (the dry run's);
+validate and write as measured.
 """
 
 from __future__ import annotations
@@ -23,29 +31,71 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import machine, machine_line, python_main, run_child, table, write_json  # noqa: E402
+from _common import ROOT, machine, machine_line, python_main, run_child, table, write_json  # noqa: E402
 
 GB = 1e9
 V4_FLASH_CHECKPOINT_BYTES = 159_609_485_896  # the release's payload (dry run of its index, README)
 PIECE_RE = re.compile(r"piece \d+/\d+ \((\S+)\): ([\d.]+)s")
+STAGE_RE = re.compile(r"^\s+(\w+) done in ([\d.]+)s", re.M)
 
 
-def slice_preset(ratio: int, experts: int, layers: int = 1) -> dict:
+def slice_preset(ratios: list[int], experts: int) -> dict:
     from toy.presets import PRESETS
 
     preset = copy.deepcopy(PRESETS["mid"])
-    preset.update(num_hidden_layers=layers, compress_ratios=[ratio] * layers, n_routed_experts=experts,
+    preset.update(num_hidden_layers=len(ratios), compress_ratios=list(ratios), n_routed_experts=experts,
                   num_nextn_predict_layers=0,
-                  num_hash_layers=1 if ratio == 0 else 0)  # V4-Flash hashes its first (sliding) layers
+                  num_hash_layers=1 if ratios[0] == 0 else 0)  # V4-Flash hashes its first (sliding) layers
     return preset
+
+
+def _tree_pss(pid: int) -> int:
+    """PSS bytes of process `pid` and its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += next(int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:"))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def run_tree(cmd: list[str]) -> tuple[int, float, float, str]:
+    """Run `cmd`; (exit status, wall seconds, peak memory GB of its process tree: the sum of PSS sampled
+    every 0.2 s, or the main process's ru_maxrss where higher, output)."""
+    start, peak, done = time.perf_counter(), [0], threading.Event()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    lines = [line for line in proc.stdout]
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    # the main process's own peak RSS (wait4) where it exceeds the sampled tree (a spike between samples)
+    return proc.returncode, time.perf_counter() - start, max(peak[0], usage.ru_maxrss * 1024) / GB, "".join(lines)
 
 
 def _stored(key: str, dtype: str, shape: tuple[int, ...], config, gen):
@@ -109,13 +159,13 @@ def write_synthetic(folder: Path, preset: dict, seed: int = 0) -> int:
     return total
 
 
-def ensure_slice(workdir: Path, ratio: int, experts: int, overrides: dict | None = None, layers: int = 1) -> Path:
-    """The synthetic slice `workdir/slice-r<ratio>-e<experts>` (written once, in a child process);
-    `overrides` replaces preset fields (smaller widths for a quick local run); `layers` layers of the type
-    (`-L<layers>` in the name when not 1)."""
-    src = workdir / (f"slice-r{ratio}-e{experts}" + ("-small" if overrides else "") + (f"-L{layers}" if layers != 1 else ""))
+def ensure_slice(workdir: Path, ratios: int | list[int], experts: int, overrides: dict | None = None) -> Path:
+    """The synthetic slice `workdir/slice-r<ratios>-e<experts>` (written once, in a child process), a layer
+    per ratio; `overrides` replaces preset fields (smaller widths for a quick local run)."""
+    ratios = [ratios] if isinstance(ratios, int) else list(ratios)
+    src = workdir / (f"slice-r{'-'.join(map(str, ratios))}-e{experts}" + ("-small" if overrides else ""))
     if not (src / "config.json").is_file():
-        preset = {**slice_preset(ratio, experts, layers), **(overrides or {})}
+        preset = {**slice_preset(ratios, experts), **(overrides or {})}
         rc, wall, rss, out = run_child([python_main(), "-c", (
             "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
             "from conversion_memory import write_synthetic\nfrom pathlib import Path\n"
@@ -127,24 +177,37 @@ def ensure_slice(workdir: Path, ratio: int, experts: int, overrides: dict | None
     return src
 
 
-def export_measured(src: Path, out: Path, fmt: str, keep: bool = False) -> dict:
+def export_measured(src: Path, out: Path, fmt: str, keep: bool = False, jobs: int | None = None) -> dict:
     cmd = [python_main(), "-m", "export", "--model", str(src), str(out), "--weight-format", fmt,
-           "--disable-convert-tokenizer", "--overwrite"]
-    rc, wall, rss_mb, output = run_child(cmd)
+           "--disable-convert-tokenizer", "--overwrite", *(["--jobs", str(jobs)] if jobs else [])]
+    rc, wall, peak_gb, output = run_tree(cmd)
     if rc != 0:
         raise RuntimeError(f"export {src.name} {fmt} failed (exit {rc}):\n{output[-4000:]}")
+    print(output, flush=True)
     pieces = {unit: float(s) for unit, s in PIECE_RE.findall(output)}
+    stages = {name: float(s) for name, s in STAGE_RE.findall(output)}
     ir = sum((out / f).stat().st_size for f in ("openvino_model.xml", "openvino_model.bin"))
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
-    return {"format": fmt, "wall_s": round(wall, 2), "peak_rss_gb": round(rss_mb * 2**20 / GB, 3),
-            "ir_gb": round(ir / GB, 3), "piece_s": pieces}
+    return {"format": fmt, "jobs": jobs, "wall_s": round(wall, 2), "peak_rss_gb": round(peak_gb, 3),
+            "ir_gb": round(ir / GB, 3), "piece_s": pieces, "stage_s": stages}
+
+
+def flash_ir_bytes(flash, fmt: str) -> float:
+    """V4-Flash's IR weights in `fmt` (the dry run's figure: the policy's theoretical bytes)."""
+    from deepseek_v4_ov.compress.policy import CompressionOptions, theoretical_bytes
+
+    if fmt == "native":
+        return V4_FLASH_CHECKPOINT_BYTES
+    return sum(theoretical_bytes(flash, CompressionOptions(fmt)).values())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=int, default=256)
     ap.add_argument("--ratios", type=int, nargs="+", default=[4], help="layer types: 0 sliding, 4 CSA, 128 HCA")
+    ap.add_argument("--multi", action="store_true", help="one slice with a layer of each ratio (else a slice each)")
+    ap.add_argument("--jobs", type=int, help="the export's --jobs (default: its own choice)")
     ap.add_argument("--formats", nargs="+", default=["int4", "native"])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dsv4-conv"))
     ap.add_argument("--keep", nargs="*", default=[], help="keep the exports of these formats (WORKDIR/<slice>-<format>)")
@@ -166,20 +229,21 @@ def main() -> None:
         rc, _, _, out = run_child([python_main(), "-c", code])
         if rc:
             raise RuntimeError(out[-3000:])
-    baseline = export_measured(baseline_src, args.workdir / "seed-out", "int4")
+    baseline = export_measured(baseline_src, args.workdir / "seed-out", "int4", jobs=1)  # one process: the footprint
     print(f"runtime footprint (seed int4 export): peak RSS {baseline['peak_rss_gb']:.2f} GB", flush=True)
 
     slices = []
-    for ratio in args.ratios:
-        src = ensure_slice(args.workdir, ratio, args.experts)
+    for ratios in [args.ratios] if args.multi else [[r] for r in args.ratios]:
+        src = ensure_slice(args.workdir, ratios, args.experts)
         ckpt = sum(p.stat().st_size for p in src.glob("*.safetensors"))
         for fmt in args.formats:
-            r = export_measured(src, args.workdir / f"{src.name}-{fmt}", fmt, keep=fmt in args.keep)
-            r.update(ratio=ratio, experts=args.experts, checkpoint_gb=round(ckpt / GB, 3),
+            r = export_measured(src, args.workdir / f"{src.name}-{fmt}", fmt, keep=fmt in args.keep, jobs=args.jobs)
+            r.update(ratio=ratios[0] if len(ratios) == 1 else ratios, experts=args.experts,
+                     checkpoint_gb=round(ckpt / GB, 3),
                      checkpoint_gbs=round(ckpt / GB / r["wall_s"], 3),
                      peak_over_runtime_gb=round(r["peak_rss_gb"] - baseline["peak_rss_gb"], 3))
             slices.append(r)
-            print(f"  r={ratio} {fmt}: {r['wall_s']:.0f}s, peak {r['peak_rss_gb']:.2f} GB "
+            print(f"  r={r['ratio']} {fmt}: {r['wall_s']:.0f}s, peak {r['peak_rss_gb']:.2f} GB "
                   f"(+{r['peak_over_runtime_gb']:.2f} over the runtime), {r['checkpoint_gbs']:.2f} GB/s, "
                   f"pieces {r['piece_s']}", flush=True)
 
@@ -191,13 +255,23 @@ def main() -> None:
     projection = {}
     for fmt in args.formats:
         rows = [s for s in slices if s["format"] == fmt]
-        layer_s = {s["ratio"]: s["piece_s"].get("layers.0", 0.0) for s in rows}
+        layer_s: dict[int, float] = {}
+        for s in rows:
+            for i, ratio in enumerate(s["ratio"] if isinstance(s["ratio"], list) else [s["ratio"]]):
+                layer_s.setdefault(ratio, s["piece_s"].get(f"layers.{i}", 0.0))
         default = layer_s.get(4, max(layer_s.values()))
         ends = sum(rows[0]["piece_s"].get(u, 0.0) for u in ("embed", "head"))
-        seconds = ends + sum(layer_s.get(r, default) for r in flash.layer_ratios)
+        piece_seconds = ends + sum(layer_s.get(r, default) for r in flash.layer_ratios)
+        stages = rows[0]["stage_s"]
+        concurrency = max(1.0, sum(rows[0]["piece_s"].values()) / max(stages.get("convert", 0.0), 1e-9))
+        ir_bytes = flash_ir_bytes(flash, fmt)
+        seconds = (stages.get("validate", 0.0) + piece_seconds / concurrency
+                   + stages.get("stitch", 0.0) * ir_bytes / (rows[0]["ir_gb"] * GB) + stages.get("write", 0.0))
         projection[fmt] = {"conversion_peak_gb": max(s["peak_rss_gb"] for s in rows),
                            "conversion_peak_over_runtime_gb": max(s["peak_over_runtime_gb"] for s in rows),
-                           "conversion_s": round(seconds, 1),
+                           "conversion_s": round(seconds, 1), "conversion_time_min": round(seconds / 60, 1),
+                           "piece_s_sum": round(piece_seconds, 1), "concurrency": round(concurrency, 2),
+                           "ir_gb": round(ir_bytes / GB, 1),
                            "checkpoint_gbs": round(V4_FLASH_CHECKPOINT_BYTES / GB / seconds, 3)}
         print(f"V4-Flash projection ({fmt}): peak {projection[fmt]['conversion_peak_gb']:.1f} GB, "
               f"{seconds / 60:.1f} min, {projection[fmt]['checkpoint_gbs']:.2f} GB/s of checkpoint", flush=True)
@@ -211,6 +285,8 @@ def main() -> None:
                                                  runtime_footprint=baseline)
         default_fmt = "int4" if "int4" in projection else args.formats[0]
         data.setdefault("projection", {})["conversion_peak_gb"] = projection[default_fmt]["conversion_peak_gb"]
+        data["projection"]["conversion_time_min"] = projection[default_fmt]["conversion_time_min"]
+        data["projection"]["conversion_command"] = command
         data["projection"]["conversion_by_format"] = projection
         write_json(str(path), data)
 

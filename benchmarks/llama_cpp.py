@@ -10,7 +10,7 @@ in src/models/deepseek4.cpp), stripped by `benchmarks/_llama_cpp_src.sh` and bui
 Release, GGML_NATIVE); `--llama-dir` is that source tree with its `build/bin`.
 
 1. Slices: per layer type (ratio 4 CSA, 128 HCA, 0 SWA) one synthetic release-layout checkpoint with TWO
-   layers of that type (`conversion_memory.ensure_slice(..., layers=2)`: hidden 4096, 64 heads of 512,
+   layers of that type (`conversion_memory.ensure_slice(workdir, [r, r], ...)`: hidden 4096, 64 heads of 512,
    256 experts of 2048 top-6, vocabulary 129,280, embed + head). Its 1-layer variant is a view of it (a
    folder of symlinks to the shards of embed, layer 0 and head, with config.json and the index cut to one
    layer), so both variants hold the same weights.
@@ -388,7 +388,7 @@ def main_run(args) -> int:
     # 1. the 2-layer slices (several at once: writing them is mostly I/O)
     with ThreadPoolExecutor(len(args.ratios)) as pool:
         srcs = dict(zip(args.ratios, pool.map(
-            lambda r: ensure_slice(args.workdir, r, args.experts, overrides, layers=2), args.ratios)))
+            lambda r: ensure_slice(args.workdir, [r, r], args.experts, overrides), args.ratios)))
     log(f"slices written ({time.perf_counter() - start:.0f}s)")
     cfg = json.loads(next(iter(srcs.values())).joinpath("config.json").read_text())
     # 2. our exports in the background (stopped while llama-bench runs)

@@ -108,6 +108,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                         "(the base release's MTP block) or dspark (the -DSpark/-0731 releases' DSpark stages), as "
                         "openvino_drafter_model.xml; auto (the checkpoint's drafter, if any) or none (default: the "
                         "target IR alone, unchanged)")
+    p.add_argument("--jobs", type=int, help="pieces converted at once, each in a process of its own (default: as many "
+                                            "as the projected per-piece peak, the available memory and the cores "
+                                            "allow; refused where N pieces' projected peak exceeds the memory)")
     p.add_argument("--disable-convert-tokenizer", action="store_true", help="do not write the OpenVINO tokenizer")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT")
     p.set_defaults(run=run_export)
@@ -125,7 +128,7 @@ def run_export(args: argparse.Namespace) -> None:
                          group_size_fallback=args.group_size_fallback,
                          head_precision=args.head_precision, prefill_only=args.prefill_only,
                          overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
-                         whole=args.whole, drafter=args.drafter)
+                         whole=args.whole, drafter=args.drafter, jobs=args.jobs)
     if args.dry_run:
         dry_run_export(opts, args.output is not None)
     else:

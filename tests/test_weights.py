@@ -1,12 +1,14 @@
 """Weights bound straight from the source (compress/weights.py): the routed experts compressed a chunk of
-experts at a time give the constants that NNCF gives for the whole traced model, bit for bit."""
+experts at a time give the constants that NNCF gives for the whole traced model, bit for bit (the exact
+quantiser for int4/int8/mxfp4, NNCF itself in chunks for --ratio < 1)."""
 
 from __future__ import annotations
 
 import pytest
 
 from deepseek_v4_ov.checkpoint.toy import build_toy_model
-from deepseek_v4_ov.compress import weights
+import nncf_reference
+from deepseek_v4_ov.compress import policy, quantise, weights
 from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with, weight_constants
 from deepseek_v4_ov.convert.pieces import convert_model, convert_piece, units_of
 from toy.presets import PRESETS
@@ -30,10 +32,37 @@ def compressed_constants(ov_model) -> dict[tuple[str, str], list[bytes]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("fmt", ["int4", "mxfp4", "int8"])
-def test_chunked_experts_equal_whole_model_nncf(model, fmt, monkeypatch):
-    opts = CompressionOptions(fmt)
-    reference = compress_with(convert_model(model), opts)  # FP32 IR of the whole model, then NNCF on it
+def nncf_whole_model(model, opts: CompressionOptions, monkeypatch):
+    """The FP32 IR of the whole model compressed under the policy by NNCF itself."""
+    with monkeypatch.context() as m:
+        m.setattr(policy, "compress_ops", nncf_reference.compress_ops)
+        return compress_with(convert_model(model), opts)
+
+
+@pytest.mark.parametrize("opts", [CompressionOptions("int4"), CompressionOptions("int4", sym=False, group_size=32),
+                                  CompressionOptions("mxfp4"), CompressionOptions("int8")], ids=str)
+def test_exact_chunks_equal_whole_model_nncf(model, opts, monkeypatch):
+    """The exact quantiser, fed 3 experts at a time, gives NNCF's constants on the whole FP32 model."""
+    reference = nncf_whole_model(model, opts, monkeypatch)
+    fills = []
+    real = weights.QuantisedWeight.fill
+    monkeypatch.setattr(weights.QuantisedWeight, "fill", lambda self, start, part: fills.append(len(part))
+                        or real(self, start, part))
+    monkeypatch.setattr(quantise, "CHUNK_BYTES", 3 * 4 * 64 * 128)  # 16 experts of 64 x 128: 3+3+3+3+3+1
+    bound = convert_piece(model.config, units_of(model.config), first_stateful=True)
+    weights.bind_weights(bound, weights.ModelWeights(model), opts)
+    expert_fills = fills[-2 * 3 * 6:]  # after the piece's other weights (their rows in chunks of the same bytes)
+    assert expert_fills == [3, 3, 3, 3, 3, 1] * 2 * 3  # two layers, three projections
+    got, want = compressed_constants(bound), compressed_constants(reference)
+    assert any("experts" in name for name, _ in want)
+    assert got == want
+
+
+def test_nncf_chunks_equal_whole_model_nncf(model, monkeypatch):
+    """fp16 (no quantiser) is still compressed in chunks of experts, concatenated; the constants are the
+    whole model's."""
+    opts = CompressionOptions("fp16")
+    reference = compress_with(convert_model(model), opts)
     calls = []
     real = weights.compress_with
     monkeypatch.setattr(weights, "compress_with", lambda m, o: calls.append(m) or real(m, o))

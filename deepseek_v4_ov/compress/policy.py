@@ -68,6 +68,7 @@ import numpy as np
 import openvino as ov
 
 from deepseek_v4_ov.checkpoint.release import BF16, F32, FP4, FP8, I64, group_of, storage_class
+from deepseek_v4_ov.compress.quantise import compress_ops
 
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
@@ -105,6 +106,12 @@ class CompressionOptions:
     @property
     def symmetric(self) -> bool:
         return self.sym if self.sym is not None else self.weight_format == "int4"
+
+    @property
+    def data_free(self) -> bool:
+        """Whether NNCF would compress each weight on its own values alone (ratio 1, no AWQ): then the exact
+        quantiser (`compress/quantise.py`) computes what it would; else NNCF ranks or scales across weights."""
+        return self.weight_format in ("int8", "int4", "mxfp4") and not self.awq and self.resolved().get("ratio", 1.0) == 1.0
 
     @property
     def head_int8(self) -> bool:
@@ -377,43 +384,49 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
     if fmt == "fp32":
         return ov_model
     if fmt != "fp16":
-        import nncf
-        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
-
-        if not verbose:
-            nncf.set_log_level(40)  # NNCF's per-run tables; the exporter prints its own progress
-        # NNCF's progress bar (rich, on stdout), drawn once per call: an export makes several calls per piece
-        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        # data-free (ratio 1, no AWQ): the exact quantiser, NNCF's constants computed directly; else NNCF
         r = opts.resolved()
         targets = plan(ov_model, opts)
-        if targets[PRIMARY]:
-            mode = nncf.CompressWeightsMode(r["mode"])
-            kwargs: dict[str, Any] = {}
-            if fmt != "int8":  # NNCF's INT8 modes take none of these (per channel, no ratio)
-                kwargs = {
-                    "all_layers": True,  # embed/head are placed by the policy, not by NNCF
-                    "ratio": r["ratio"], "group_size": r["group_size"],
-                    "backup_mode": nncf.BackupMode(r["backup_precision"]),
-                    "awq": opts.awq or None,
-                    "advanced_parameters": AdvancedCompressionParameters(
-                        group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
-                }
-            try:
-                with quiet:
-                    ov_model = nncf.compress_weights(
-                        ov_model, mode=mode, ignored_scope=_ignored_all_but(ov_model, set(targets[PRIMARY])),
-                        **kwargs)
-            except nncf.errors.InvalidGroupSizeError as err:
-                first = str(err).strip().splitlines()
-                raise ValueError(f"--group-size {r['group_size']}: {first[0]} {first[-1].strip()}") from err
+        if targets[PRIMARY] and opts.data_free:
+            compress_ops(ov_model, set(targets[PRIMARY]), r["mode"], r.get("group_size", -1),
+                         r.get("group_size_fallback", "error"), r.get("backup_precision"))
+        elif targets[PRIMARY]:
+            ov_model = _nncf_primary(ov_model, opts, set(targets[PRIMARY]), verbose)
         backup = r.get("backup_precision", "none")
-        if targets[EIGHT_BIT] and backup != "none":
-            with quiet:
-                ov_model = nncf.compress_weights(
-                    ov_model, mode=nncf.CompressWeightsMode(backup),
-                    ignored_scope=_ignored_all_but(ov_model, set(targets[EIGHT_BIT])))
+        if targets[EIGHT_BIT] and backup != "none":  # per channel: always data-free
+            compress_ops(ov_model, set(targets[EIGHT_BIT]), backup)
     _to_f16(ov_model)
     return ov_model
+
+
+def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], verbose: bool) -> ov.Model:
+    """NNCF's `compress_weights` on the ops `ops` (the primary target) where it ranks or scales weights
+    against each other (`--ratio` < 1, `--awq`); any format, so that tests can run the policy on NNCF alone."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    if not verbose:
+        nncf.set_log_level(40)  # NNCF's per-run tables; the exporter prints its own progress
+    # NNCF's progress bar (rich, on stdout), drawn once per call: an export makes several calls per piece
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    r = opts.resolved()
+    kwargs: dict[str, Any] = {}
+    if opts.weight_format != "int8":  # NNCF's INT8 modes take none of these (per channel, no ratio)
+        kwargs = {
+            "all_layers": True,  # embed/head are placed by the policy, not by NNCF
+            "ratio": r["ratio"], "group_size": r["group_size"],
+            "backup_mode": nncf.BackupMode(r["backup_precision"]),
+            "awq": opts.awq or None,
+            "advanced_parameters": AdvancedCompressionParameters(
+                group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
+        }
+    try:
+        with quiet:
+            return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode(r["mode"]),
+                                         ignored_scope=_ignored_all_but(ov_model, ops), **kwargs)
+    except nncf.errors.InvalidGroupSizeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"--group-size {r['group_size']}: {first[0]} {first[-1].strip()}") from err
 
 
 def _to_f16(ov_model: ov.Model) -> None:

@@ -3,18 +3,20 @@ in bounded memory: no FP32 copy of a layer's routed experts ever exists.
 
     fp32                the FP32 tensor (dequantised exactly from FP8/FP4)
     native              the release's own codes (`compress/native.py`), no FP32 at all
-    fp16/int8/int4/...  every weight but the routed experts as FP32 constants (where a traced weight was),
-                        then compressed by NNCF under the precision policy in their own graph
-                        (`compress/policy.compress_with`); the routed experts chunk by chunk: a few
-                        experts of one projection at a time as an FP32 constant in a one-op graph (the
-                        piece's own GroupedMatMul), compressed by the same call, and the chunks' compressed
-                        constants concatenated along the expert axis into one decompression subgraph of the
-                        structure NNCF builds for the whole stack.
+    int8/int4/mxfp4     every weight but the routed experts as FP32 constants (where a traced weight was),
+                        then compressed under the precision policy in their own graph
+                        (`compress/policy.compress_with`); the routed experts by the exact quantiser
+                        (`compress/quantise.py`: NNCF's constants, computed directly on all cores), a few
+                        experts at a time dequantised from the checkpoint and quantised into the stack's
+                        constants, which get the decompression subgraph NNCF builds for the whole stack
+    fp16, --ratio < 1,  the routed experts chunk by chunk: a few experts of one projection at a time as an
+    --awq               FP32 constant in a one-op graph (the piece's own GroupedMatMul), compressed by the
+                        same call, and the chunks' compressed constants concatenated along the expert axis
 
-NNCF's data-free compression works per weight row and group, so chunking the experts gives the constants
-that compressing the whole stack at once gives, bit for bit (tests/test_weights.py). `--ratio` below 1 and
-`--awq` rank or scale weights across a whole tensor, so there each projection's stack is compressed as one
-chunk (more memory: one projection's experts in FP32).
+Data-free compression works per weight row and group, so chunking the experts gives the constants that
+compressing the whole stack at once gives, bit for bit (tests/test_weights.py). `--ratio` below 1 and
+`--awq` rank or scale weights across a whole tensor, so there each projection's stack is compressed by NNCF
+as one chunk (more memory: one projection's experts in FP32).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import torch
 
 from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, Checkpoint, scale_name, storage_class
 from deepseek_v4_ov.compress.native import fp4_subgraph, fp8_subgraph, half_constant, stacked_fp4_subgraph
+from deepseek_v4_ov.compress import quantise
 from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with, row_block_name
+from deepseek_v4_ov.compress.quantise import QuantisedWeight, scheme_for
 
 _WEIGHT_RE = re.compile(r"^(embed\.|head\.|norm\.|hc_head_|(layers|mtp)\.\d+\.)")
 _EXPERTS_RE = re.compile(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(w[123])$")
-# Routed experts compressed at once (FP32 bytes, three projections): a layer's whole stack when it is small
-# (toys: one NNCF call), else at most an eighth of it and at most 1 GiB, so that the peak stays a fraction
+# Routed experts compressed at once in a graph (fp16, --ratio < 1, --awq; FP32 bytes, three projections): a
+# layer's whole stack when it is small (toys: one call), else at most an eighth of it and at most 1 GiB, so that the peak stays a fraction
 # of one layer's FP32 experts (V4-Flash: 25.8 GB per layer, 1 GiB chunks of 10 experts).
 SMALL_LAYER_BYTES, CHUNK_BYTES, CHUNKS_PER_LAYER = 64 << 20, 1 << 30, 8
 
@@ -181,6 +185,13 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
         return out
     gmms = {k: next(t.get_node() for t in p.output(0).get_target_inputs()
                     if t.get_node().get_type_name() == "GroupedMatMul") for k, p in params.items()}
+    if compression.data_free:
+        r = compression.resolved()
+        schemes = {k: scheme_for("GroupedMatMul", shapes[k][2], r["mode"], r.get("group_size", -1),
+                                 r.get("group_size_fallback", "error"), r.get("backup_precision"), labels[k])
+                   for k in params}
+        if all(s is not None for s in schemes.values()):  # None: NNCF leaves it as is (--group-size-fallback ignore)
+            return {k: _quantised(source, layer, k, shapes[k], schemes[k], labels[k]) for k in params}
     per_expert = 4 * sum(s[1] * s[2] for s in shapes.values())
     whole = (compression.resolved().get("ratio", 1.0) < 1.0 or compression.awq
              or per_expert * experts <= SMALL_LAYER_BYTES)
@@ -203,6 +214,18 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
         minis.append(mini)
         sizes.append(len(part))
     return {k: _concat([c[k] for c in chunks], sizes) for k in gmms}
+
+
+def _quantised(source, layer: str, proj: str, shape: tuple[int, ...], scheme, label: str) -> ov.Output:
+    """One projection's stacked experts dequantised and quantised a few experts at a time
+    (`quantise.CHUNK_BYTES` of FP32; V4-Flash: 8 experts of 2048 x 4096) into NNCF's constants and
+    decompression subgraph for the whole stack (the GroupedMatMul's weight, port 1)."""
+    q = QuantisedWeight(shape, scheme)
+    per_chunk = max(1, quantise.CHUNK_BYTES // (4 * shape[1] * shape[2]))
+    for start in range(0, shape[0], per_chunk):
+        part = range(start, min(start + per_chunk, shape[0]))
+        q.fill(start, torch.from_numpy(_stack(source, layer, proj, part, shape)))
+    return q.subgraph(label, 1).output(0)
 
 
 def _bytes_const(etype: ov.Type, shape: list[int], nodes: list[ov.Node]) -> ov.Node:

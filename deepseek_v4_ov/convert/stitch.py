@@ -8,13 +8,21 @@ is merged into it. Outputs keep the whole-model order (logits first).
 pieces, as `ov.save_model` does within one model), in order of their SHA-256, and each Const points at
 its blob. The file therefore depends only on the set of constants, not on how the model was cut into
 pieces: a one-piece and a per-layer export of the same model give the same bytes.
+
+One read of every byte: a piece is written by `save_piece`, which hashes each constant from memory as the
+piece is saved (a `.hashes.json` beside the piece: offset -> digest); `stitch` then reads each piece's `.bin`
+once, copying its blobs into the final `.bin`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import numpy as np
+import openvino as ov
 
 from deepseek_v4_ov.convert.pieces import LINKS
 from deepseek_v4_ov.convert.stateful import GUARD_NAME, TAPS
@@ -22,27 +30,55 @@ from deepseek_v4_ov.convert.stateful import GUARD_NAME, TAPS
 _CHUNK = 16 << 20
 
 
+def hashes_path(xml: Path) -> Path:
+    return xml.with_suffix(".hashes.json")
+
+
+def save_piece(model: ov.Model, xml: Path) -> None:
+    """`ov.save_model` (no FP16 compression) plus the piece's constant hashes, taken from memory: the saved
+    XML's Const layers are the model's Constants in topological order (checked by name and size)."""
+    ov.save_model(model, xml, compress_to_fp16=False)
+    consts = [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"]
+    layers = [lay for lay in ET.parse(xml).getroot().find("layers") if lay.get("type") == "Const"]
+    if len(consts) != len(layers):
+        raise RuntimeError(f"{xml}: {len(layers)} Const layers saved for {len(consts)} constants")
+    hashes: dict[str, str] = {}
+    for op, lay in zip(consts, layers):
+        data = lay.find("data")
+        offset, size = data.get("offset"), int(data.get("size"))
+        raw = np.ascontiguousarray(op.get_data()).view(np.uint8).reshape(-1)
+        if raw.size == 0 and size:  # an empty constant is saved as a placeholder byte: hash what was saved
+            with open(xml.with_suffix(".bin"), "rb") as f:
+                f.seek(int(offset))
+                raw = np.frombuffer(f.read(size), dtype=np.uint8)
+        if lay.get("name") != op.get_friendly_name() or raw.size != size:
+            raise RuntimeError(f"{xml}: Const {lay.get('name')!r} ({size} bytes) saved where constant "
+                               f"{op.get_friendly_name()!r} ({raw.size} bytes) was expected")
+        if offset not in hashes:  # save_model stores identical constants once
+            hashes[offset] = f"{hashlib.sha256(raw).hexdigest()}:{size}"
+    hashes_path(xml).write_text(json.dumps(hashes))
+
+
 class _Blobs:
-    """Constant blobs of the pieces by content: `add` each Const's data element, then `write` the .bin."""
+    """Constant blobs of the pieces by content: `add` each Const's data element (its hash from the piece's
+    `.hashes.json`), then `write` the .bin reading each blob once."""
 
     def __init__(self) -> None:
-        self.where: dict[str, tuple[Path, int, int]] = {}  # sha256 -> (piece .bin, offset, size)
+        self.where: dict[str, tuple[Path, int, int]] = {}  # sha256:size -> (piece .bin, offset, size)
         self.users: dict[str, list[ET.Element]] = {}
+        self.hashes: dict[Path, dict[str, str]] = {}
 
-    def add(self, data: ET.Element, path: Path) -> None:
+    def add(self, data: ET.Element, xml: Path) -> None:
+        if xml not in self.hashes:
+            try:
+                self.hashes[xml] = json.loads(hashes_path(xml).read_text())
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{hashes_path(xml)}: missing; pieces are written by save_piece") from err
         offset, size = int(data.get("offset")), int(data.get("size"))
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            f.seek(offset)
-            left = size
-            while left:
-                chunk = f.read(min(left, _CHUNK))
-                if not chunk:
-                    raise ValueError(f"{path}: constant at {offset} (+{size}) lies past the end of the file")
-                digest.update(chunk)
-                left -= len(chunk)
-        key = f"{digest.hexdigest()}:{size}"
-        self.where.setdefault(key, (path, offset, size))
+        key = self.hashes[xml][data.get("offset")]
+        if not key.endswith(f":{size}"):
+            raise ValueError(f"{xml}: constant at {offset} (+{size}) does not match its hash entry {key}")
+        self.where.setdefault(key, (xml.with_suffix(".bin"), offset, size))
         self.users.setdefault(key, []).append(data)
 
     def write(self, bin_out: Path) -> None:
@@ -56,6 +92,8 @@ class _Blobs:
                     left = size
                     while left:
                         chunk = f.read(min(left, _CHUNK))
+                        if not chunk:
+                            raise ValueError(f"{path}: constant at {offset} (+{size}) lies past the end of the file")
                         out.write(chunk)
                         left -= len(chunk)
 
@@ -119,7 +157,7 @@ def stitch(pieces: list[Path], xml_out: Path, labels: list[str] | None = None) -
             if labels is not None:
                 origin[ids[lid]] = labels[k]
             if lay.get("type") == "Const":
-                blobs.add(lay.find("data"), xml.with_suffix(".bin"))
+                blobs.add(lay.find("data"), xml)
             name = lay.get("name")
             if name in names:  # pieces are traced apart: a generated name may repeat (NNCF wants them unique)
                 lay.set("name", f"{name}/piece{k}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import resource
+import signal
 
 import torch
 
@@ -36,13 +38,39 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
         pass
 
 
-def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
-    except (OSError, StopIteration):
-        return 0.0
-
-
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of the largest process of the export so far: this one or a finished worker (not their sum)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+
+MIN_THREADS_PER_JOB = 4  # a piece's quantiser and tracing keep about this many cores busy
+
+
+def available_bytes() -> int:
+    """MemAvailable (what can be allocated without swapping), or the physical memory where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def default_jobs(piece_peak: int, pieces: int, available: int, cpus: int) -> int:
+    """Pieces converted at once: as many as fit in `available` bytes at `piece_peak` each (a process per
+    piece) and `cpus` at `MIN_THREADS_PER_JOB` each, at most `pieces`, at least 1."""
+    return max(1, min(pieces, cpus // MIN_THREADS_PER_JOB, available // max(piece_peak, 1)))
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be killed when the process `parent` that started it dies (SIGKILLed exports
+    leave no worker behind); exit now if it is already gone."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)

@@ -32,7 +32,8 @@ class ExportOptions:
     `native` (the release's own codes, `compress/native.py`), which takes none of the NNCF options, or
     `auto` (the default: `default_weight_format` of the source, fixed by `resolved` once the source is
     read). `whole` traces the model as one piece (default: one piece per unit, so that memory is bounded by
-    the largest layer); both give the same IR. `drafter` is one of DRAFTERS (`drafter_for` resolves it)."""
+    the largest layer); both give the same IR. `drafter` is one of DRAFTERS (`drafter_for` resolves it).
+    `jobs`: pieces converted at once (None: `export.memory.default_jobs`; 1: in this process)."""
 
     src: Path
     output: Path
@@ -50,12 +51,15 @@ class ExportOptions:
     convert_tokenizer: bool = True
     whole: bool = False
     drafter: str = NO_DRAFTER
+    jobs: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", Path(self.src))
         object.__setattr__(self, "output", Path(self.output))
         if self.weight_format is None:
             object.__setattr__(self, "weight_format", AUTO)
+        if self.jobs is not None and self.jobs < 1:
+            raise ValueError(f"--jobs {self.jobs}: at least 1")
         if self.drafter not in DRAFTERS:
             raise ValueError(f"--drafter {self.drafter}: choose one of {', '.join(DRAFTERS)}")
         if self.prefill_only and self.drafter in (MTP, DSPARK):

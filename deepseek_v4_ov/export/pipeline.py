@@ -22,26 +22,28 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import openvino as ov
+import torch
 
-from deepseek_v4_ov.checkpoint.dryrun import CPU_EXPANSION, Projection, project, size_text
+from deepseek_v4_ov.checkpoint.dryrun import CPU_EXPANSION, Projection, project, size_text, unit_of
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
 from deepseek_v4_ov.compress.policy import (
     PRIMARY, CompressionOptions, GroupPrecision, format_report, precision_report, target_of,
 )
 from deepseek_v4_ov.compress.weights import bind_weights
-from deepseek_v4_ov.convert.pieces import convert_piece, drafter_plan, plan
+from deepseek_v4_ov.convert.pieces import HEAD, convert_piece, drafter_plan, plan
 from deepseek_v4_ov.convert.stateful import TAPS
-from deepseek_v4_ov.convert.stitch import stitch
+from deepseek_v4_ov.convert.stitch import hashes_path, save_piece, stitch
 from deepseek_v4_ov.export import memory
 from deepseek_v4_ov.export.folder import (
     DRAFTER_BIN, DRAFTER_XML, GENERATION_CONFIG, IR_BIN, IR_XML, drafter_record, has_tokenizer, openvino_config,
@@ -77,7 +79,7 @@ class ExportResult:
             format_report(self.precision),
             "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.times.items())
             + f"; total {sum(self.times.values()):.1f}s",
-            f"  peak memory (ru_maxrss) {self.peak_rss_mb:,.0f} MB",
+            f"  peak memory (ru_maxrss, largest process) {self.peak_rss_mb:,.0f} MB",
         ]
         if DRAFTER_XML in f:
             lines.insert(2, f"  drafter IR {(f[DRAFTER_XML] + f.get(DRAFTER_BIN, 0)) / 1e6:.2f} MB ({DRAFTER_XML})")
@@ -120,6 +122,7 @@ def validate(opts: ExportOptions) -> Checkpoint:
     projection = projection_of(checkpoint, opts)
     check_disk(output, projection)
     check_cpu_memory(projection)
+    check_jobs(opts, projection)
     gen = src / GENERATION_CONFIG
     if gen.is_file():
         try:
@@ -198,6 +201,101 @@ def check_cpu_memory(projection: Projection) -> None:
             "(the default, ~1.1x) to run on the CPU")
 
 
+def check_jobs(opts: ExportOptions, projection: Projection) -> None:
+    """Refuse `--jobs N` where N pieces' projected peak exceeds the available memory."""
+    if opts.jobs is None or opts.jobs == 1:
+        return
+    need, free = opts.jobs * projection.peak_bytes, memory.available_bytes()
+    if need > free:
+        fit = max(1, free // max(projection.peak_bytes, 1))
+        raise ValueError(f"--jobs {opts.jobs}: {opts.jobs} pieces at once would peak at ~{size_text(need)} "
+                         f"({size_text(projection.peak_bytes)} projected per piece) but {size_text(free)} is available; "
+                         f"use --jobs {fit} or leave it out")
+
+
+def jobs_of(opts: ExportOptions, projection: Projection, pieces: int) -> int:
+    """Pieces converted at once: `--jobs`, else what the projected per-piece peak, the available memory
+    and the cores allow (`memory.default_jobs`)."""
+    if opts.jobs is not None:
+        return min(opts.jobs, pieces)
+    return memory.default_jobs(projection.peak_bytes, pieces, memory.available_bytes(), memory.cores())
+
+
+def piece_bytes(checkpoint: Checkpoint, units: list[str]) -> int:
+    """Checkpoint bytes a piece reads: its units' tensors (the final norm and hc_head with the head)."""
+    wanted = set(units) | ({"final norm/hc_head"} if HEAD in units else set())
+    return sum(h.nbytes for n, h in checkpoint.headers.items() if unit_of(n) in wanted)
+
+
+class Progress:
+    """Per piece and overall: pieces done, checkpoint bytes read, the rate measured so far and the ETA."""
+
+    def __init__(self, sizes: list[int], log: Callable[[str], None]) -> None:
+        self.sizes, self.log, self.start, self.read, self.count = sizes, log, time.perf_counter(), 0, 0
+
+    def done(self, k: int, line: str) -> None:
+        self.read += self.sizes[k]
+        self.count += 1
+        elapsed = time.perf_counter() - self.start
+        total = sum(self.sizes)
+        rate = self.read / elapsed if elapsed > 0 else 0.0
+        eta = (total - self.read) / rate if rate > 0 else 0.0
+        self.log(f"      {line} | {self.count}/{len(self.sizes)} pieces, {size_text(self.read)} of "
+                 f"{size_text(total)} read, {size_text(rate)}/s, ETA {eta / 60:.1f} min")
+
+
+def convert_one(checkpoint: Checkpoint, opts: ExportOptions, compression: CompressionOptions, units: list[str],
+                first: bool, taps: bool, path: Path) -> tuple[dict[str, GroupPrecision], float, float]:
+    """One piece traced, bound and saved at `path`; its precision report, the process's peak RSS (MB) so
+    far and the seconds it took."""
+    start = time.perf_counter()
+    m = convert_piece(checkpoint.config, units, first_stateful=first, prefill_only=opts.prefill_only, taps=taps)
+    bind_weights(m, checkpoint, compression, native=opts.native)
+    report = precision_report(m)
+    save_piece(m, path)
+    del m
+    memory.release_memory()
+    return report, memory.peak_rss_mb(), time.perf_counter() - start
+
+
+_WORKER: dict = {}  # a worker process's checkpoint, options and compression, set once by _start_worker
+
+
+def _start_worker(parent: int, threads: int, checkpoint: Checkpoint, opts: ExportOptions,
+                  compression: CompressionOptions) -> None:
+    memory.die_with_parent(parent)
+    memory.fixed_mmap_threshold()
+    torch.set_num_threads(threads)
+    _WORKER.update(checkpoint=checkpoint, opts=opts, compression=compression)
+
+
+def _convert_in_worker(units: list[str], first: bool, taps: bool, path: Path):
+    return convert_one(_WORKER["checkpoint"], _WORKER["opts"], _WORKER["compression"], units, first, taps, path)
+
+
+def convert_pieces(checkpoint: Checkpoint, opts: ExportOptions, compression: CompressionOptions,
+                   tasks: list[tuple[list[str], bool, bool, Path]], jobs: int
+                   ) -> Iterator[tuple[int, tuple[dict[str, GroupPrecision], float, float]]]:
+    """(index, `convert_one`'s result) of every task (units, first, taps, path) as it finishes: in this
+    process one after another with `jobs` 1, else `jobs` worker processes (spawned: no fork of a threaded
+    runtime), each killed with this one."""
+    if jobs == 1:
+        for k, task in enumerate(tasks):
+            yield k, convert_one(checkpoint, opts, compression, *task)
+        return
+    threads = max(1, memory.cores() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                             initargs=(os.getpid(), threads, checkpoint, opts, compression)) as pool:
+        futures = {pool.submit(_convert_in_worker, *task): k for k, task in enumerate(tasks)}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _check_group_size(config, opts: CompressionOptions) -> None:
     """A group size that does not divide the input size of a weight it applies to fails in NNCF after
     converting; say so now."""
@@ -239,6 +337,9 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     pieces = plan(config, whole=opts.whole)
     drafter = drafter_of(opts, checkpoint)
     kind = "prefill-only" if opts.prefill_only else "stateful"
+    jobs = jobs_of(opts, projection, len(pieces))
+    log(f"      {jobs} piece(s) at once ({memory.cores()} cores): projected peak {size_text(jobs * projection.peak_bytes)} "
+        f"({size_text(projection.peak_bytes)} per piece) of {size_text(memory.available_bytes())} available")
     precision: dict[str, GroupPrecision] = {}
     tokenizer = opts.convert_tokenizer and has_tokenizer(opts.src)
     with atomic_output_dir(opts.output, opts.overwrite) as tmp:
@@ -248,22 +349,16 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
 
         def convert(pieces: list[list[str]], name: str, taps: bool) -> list[Path]:
             """Each piece traced, bound and saved into `work` (the target's head piece with `drafter_taps`
-            when `taps`)."""
-            paths = []
-            for k, units in enumerate(pieces):
-                start = time.perf_counter()
-                m = convert_piece(config, units, first_stateful=k == 0, prefill_only=opts.prefill_only,
-                                  taps=taps)
-                bind_weights(m, checkpoint, compression, native=opts.native)
-                for g, p in precision_report(m).items():
+            when `taps`), `jobs` at a time."""
+            paths = [work / f"{name}{k:04d}.xml" for k in range(len(pieces))]
+            tasks = [(units, k == 0, taps, paths[k]) for k, units in enumerate(pieces)]
+            progress = Progress([piece_bytes(checkpoint, units) for units in pieces], log)
+            for k, (report, peak_mb, seconds) in convert_pieces(checkpoint, opts, compression, tasks, jobs):
+                for g, p in report.items():
                     precision.setdefault(g, GroupPrecision()).add(p)
-                paths.append(work / f"{name}{k:04d}.xml")
-                ov.save_model(m, paths[-1], compress_to_fp16=False)
-                del m
-                memory.release_memory()
-                log(f"      piece {k + 1}/{len(pieces)} ({units[0]}{'..' + units[-1] if len(units) > 1 else ''}): "
-                    f"{time.perf_counter() - start:.1f}s, RSS now {memory.current_rss_mb():,.0f} MB, "
-                    f"peak {memory.peak_rss_mb():,.0f} MB")
+                units = pieces[k]
+                progress.done(k, f"piece {k + 1}/{len(pieces)} ({units[0]}{'..' + units[-1] if len(units) > 1 else ''}): "
+                                 f"{seconds:.1f}s, peak {peak_mb:,.0f} MB")
             return paths
 
         def join(paths: list[Path], pieces: list[list[str]], xml: str) -> None:
@@ -271,8 +366,9 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
             for path in paths:
                 path.unlink()
                 path.with_suffix(".bin").unlink()
+                hashes_path(path).unlink()
 
-        with stage("convert", f"{kind} IR in {len(pieces)} piece(s), {what}"):
+        with stage("convert", f"{kind} IR in {len(pieces)} piece(s), {jobs} at a time, {what}"):
             paths = convert(pieces, "", taps=drafter is not None)
         with stage("stitch", f"{len(paths)} piece(s) -> {IR_XML}"):
             join(paths, pieces, IR_XML)
