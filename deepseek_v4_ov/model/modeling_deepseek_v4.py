@@ -397,14 +397,15 @@ class Indexer(nn.Module):
 # Attention
 # ------------------------------------------------------------------------------------------------------
 def shared_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Queries `[B, S, H, D]` against K=V rows shared by every head `[B, K, D]`: `[B, S, H, K]`, as one matmul
-    with the heads folded into rows (traced, an einsum would broadcast the rows to every head at run time)."""
-    return torch.matmul(q.flatten(1, 2), keys.transpose(1, 2)).unflatten(1, (-1, q.shape[2]))
+    """Queries `[B, S, H, D]` against K=V rows shared by every head `[B, K, D]`: `[B, S, H, K]`, one matmul
+    whose batch axes broadcast (traced, an einsum would be decomposed with run-time Broadcasts of the rows to
+    every head and query, and a dozen shape nodes)."""
+    return torch.matmul(q, keys.unsqueeze(1).transpose(-1, -2))
 
 
 def shared_mix(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Weights `[B, S, H, K]` over rows shared by every head `[B, K, D]`: `[B, S, H, D]` (as `shared_scores`)."""
-    return torch.matmul(probs.flatten(1, 2), rows).unflatten(1, (-1, probs.shape[2]))
+    return torch.matmul(probs, rows.unsqueeze(1))
 
 
 class Attention(nn.Module):
