@@ -277,17 +277,23 @@ def ours_worker(ir: Path, prompt: int, gen: int, repeat: int, with_profile: bool
         "decode": {"tokens": gen, "ms": round(1e3 * statistics.median(dec), 3),
                    "ms_per_token": round(1e3 * statistics.median(dec) / gen, 4),
                    "samples_ms": [round(1e3 * s, 3) for s in dec]}}
-    if with_profile:
-        from layer_types import profile
+    if with_profile:  # steady state (decode_profile.CallProfile): a second prefill; 10 steps after 4 warm-up
+        from decode_profile import CallProfile
 
         del lm
-        lm = OVCausalLM(ir, config={**config, "PERF_COUNT": "YES"}, core=core)
-        prefill()
-        prefill()
-        out["profile_prefill"] = profile(lm.request)
+        prof = CallProfile(OVCausalLM(ir, config={**config, "PERF_COUNT": "YES"}, core=core))
+        prof.reset()
+        prof(ids[:, :prompt])
+        prof.reset()
+        first = prof.snapshot()
+        prof(ids[:, :prompt])
+        out["profile_prefill"] = CallProfile.between(first, prof.snapshot())
         for i in range(4):
-            lm(ids[:, prompt + i:prompt + i + 1])
-        out["profile_decode"] = profile(lm.request)
+            prof(ids[:, prompt + i:prompt + i + 1])
+        first = prof.snapshot()
+        for i in range(4, 14):
+            prof(ids[:, prompt + i:prompt + i + 1])
+        out["profile_decode"] = CallProfile.between(first, prof.snapshot())
     return out
 
 
@@ -353,12 +359,12 @@ def ours_per_layer(res1: dict, res2: dict | None) -> dict:
                 "decode_ms_per_token": round(res2["decode"]["ms_per_token"] - res1["decode"]["ms_per_token"], 4),
                 "prefill_ms_per_token": round(res2["prefill"]["ms_per_token"] - res1["prefill"]["ms_per_token"], 4)}
     d, p = res1["profile_decode"], res1["profile_prefill"]
-    sd, sp = d["part_ms"]["layer"] / d["total_ms"], p["part_ms"]["layer"] / p["total_ms"]
+    sd, sp = d["parts"]["layer"]["share"], p["parts"]["layer"]["share"]
     return {"method": "1-layer IR x the layer's share of its PERF_COUNT profile",
             "layer_share_decode": round(sd, 4), "layer_share_prefill": round(sp, 4),
             "decode_ms_per_token": round(res1["decode"]["ms_per_token"] * sd, 4),
             "prefill_ms_per_token": round(res1["prefill"]["ms_per_token"] * sp, 4),
-            "layer_executed_ops_decode": d["executed_ops"]["layer"]}
+            "layer_executed_ops_decode": d["executed_nodes"]["layer"]}
 
 
 def main_run(args) -> int:
@@ -497,8 +503,8 @@ def main_run(args) -> int:
         if 1 in res and (args.ours != "diff" or 2 in res):
             t["ours"]["per_layer"] = ours_per_layer(res[1], res.get(2))
             if "profile_decode" in res[1]:
-                t["ours"]["L1"]["profile_part_ms"] = {"decode": res[1]["profile_decode"]["part_ms"],
-                                                      "prefill": res[1]["profile_prefill"]["part_ms"]}
+                t["ours"]["L1"]["profile_parts"] = {"decode": res[1]["profile_decode"]["parts"],
+                                                    "prefill": res[1]["profile_prefill"]["parts"]}
             split = layer_split(irs[(ratio, 1)])
             t["ours"]["per_layer"]["bytes_per_token"] = int(split["layer_active"])
             t["ours"]["per_layer"]["stored_bytes"] = int(split["layer_stored"])
