@@ -100,7 +100,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
     p.add_argument("--head-precision", choices=HEAD_PRECISIONS,
                    help="LM head of int8/int4/mxfp4 exports: int8 per output channel (default; decode reads the "
-                        "whole head every token) or f16 (the release's BF16 values)")
+                        "whole head every token), f16 (the release's BF16 values) or int4 (4-bit formats: the "
+                        "chosen format)")
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
     p.add_argument("--drafter", choices=DRAFTERS, default=NO_DRAFTER,
@@ -227,7 +228,9 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
                    "ones included; default: the trained toy, written in the release layout to WORKDIR/trained)")
     p.add_argument("--devices", default=None,
                    help="comma-separated, e.g. CPU,GPU,NPU,STATIC-CPU (default: every device present + STATIC-CPU)")
-    p.add_argument("--weight-formats", default="fp32,int8,int4")
+    p.add_argument("--weight-formats", default="fp32,int8,int4",
+                   help="comma-separated variants FORMAT[:OPTION...] (OPTION: gN group size, sym, asym, head-f16, "
+                        "head-int8, head-int4, adjust (group size fallback), awq), e.g. int8,int4,int4:asym:g32,mxfp4,native")
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-source", choices=("heldout", "random"), default="heldout",
@@ -237,7 +240,9 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
                    help="tokens per prompt (default: lengths from past the window to past two ratio-128 boundaries)")
     p.add_argument("--cpu-precision", choices=("f32", "default"), default="f32",
                    help="f32: exact FP32 on CPU (default); default: the plugin's choice (bf16 where supported)")
-    p.add_argument("--workdir", type=Path, default=Path("out/parity"), help="where exported IRs are kept and reused")
+    p.add_argument("--workdir", type=Path, default=Path("out/parity"),
+                   help="where exported IRs are kept; one is reused only while its export key (the source "
+                        "checkpoint's digest, the options, the package version) is this run's, else re-exported")
     p.add_argument("--report", type=Path, default=None, help="JSON report path (a .md is written beside it)")
     p.set_defaults(run=run_parity)
 

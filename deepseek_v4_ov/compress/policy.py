@@ -44,7 +44,9 @@ release already uses 4 bit; the FP8 tensors get 8 bit. `fp32` leaves everything 
 The one departure: the LM head (BF16 in the release) is INT8 per output channel by default, because
 batch-1 decode reads all of it every token (V4-Flash: 1.06 GB in f16, 0.53 GB in INT8) and the CPU
 plugin runs the f16 head at well under the memory bandwidth (`benchmarks/layer_types.py` forms: head
-f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits.
+f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits, and
+`head_precision="int4"` (4-bit formats) gives the head the chosen format (the quality table in the README
+measures what each costs).
 
 The policy is applied with NNCF `ignored_scope` built from the IR: every weight constant is mapped back
 to its official tensor name (`resolve`), from the constant's own name (`self.model.<official name>`) or,
@@ -71,7 +73,7 @@ from deepseek_v4_ov.checkpoint.release import BF16, F32, FP4, FP8, I64, group_of
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
-HEAD_PRECISIONS = ("int8", "f16")
+HEAD_PRECISIONS = ("int8", "f16", "int4")
 DEFAULT_GROUP_SIZE = {"int4": 64, "mxfp4": 32}
 OTHER = "other constants"
 
@@ -135,6 +137,8 @@ class CompressionOptions:
                 raise ValueError(f"{bad[0]} applies to 4-bit weight formats (int4, mxfp4), not int8")
             if self.group_size not in (None, -1):
                 raise ValueError(f"--group-size {self.group_size}: int8 is per output channel (-1) here")
+            if self.head_precision == "int4":
+                raise ValueError("--head-precision int4 applies to 4-bit weight formats (int4, mxfp4), not int8")
             return
         if fmt == "mxfp4":
             if self.sym:
@@ -310,6 +314,8 @@ def target_of(name: str, opts: CompressionOptions) -> str:
         return PRIMARY if opts.all_layers or opts.weight_format == "int8" else EIGHT_BIT
     if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
         return PRIMARY
+    if name == "head.weight" and opts.head_precision == "int4":
+        return PRIMARY  # validate() allows it for the 4-bit formats only
     if name == "head.weight" and opts.head_int8:
         return PRIMARY if opts.weight_format == "int8" else EIGHT_BIT
     if kind == BF16:

@@ -42,6 +42,7 @@ from deepseek_v4_ov.convert.pieces import convert_piece, drafter_plan, plan
 from deepseek_v4_ov.convert.stateful import TAPS
 from deepseek_v4_ov.convert.stitch import stitch
 from deepseek_v4_ov.export import memory
+from deepseek_v4_ov.export.identity import identity, options_record, source_digest
 from deepseek_v4_ov.export.folder import (
     DRAFTER_BIN, DRAFTER_XML, GENERATION_CONFIG, IR_BIN, IR_XML, drafter_record, has_tokenizer, openvino_config,
     tokenizer_only, write_folder,
@@ -234,6 +235,8 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     log(f"      {checkpoint.fmt} checkpoint, {config.num_hidden_layers} layers, {config.n_routed_experts} experts, "
         f"vocab {config.vocab_size}")
     log(f"      projected {projection.describe()}{chosen}")
+    ident = identity(source_digest(opts.src), options_record(opts))
+    log(f"      export key {ident['key']} (source {ident['source_digest'][:12]}, {ident['code_version']})")
     compression, quantization = opts.compression(), opts.quantization_config()
     pieces = plan(config, whole=opts.whole)
     drafter = drafter_of(opts, checkpoint)
@@ -285,7 +288,7 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
         with stage("write", f"{opts.output} (atomically)"):
             write_folder(tmp, opts.src, config,
                          openvino_config(opts.weight_format, opts.prefill_only, quantization, len(pieces), opts.src,
-                                         checkpoint.fmt, record),
+                                         checkpoint.fmt, record, ident),
                          tokenizer)
     files = {p.name: p.stat().st_size for p in sorted(opts.output.iterdir()) if p.is_file()}
     result = ExportResult(opts.output, files, precision, times, memory.peak_rss_mb(), projection)
