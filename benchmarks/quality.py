@@ -3,7 +3,7 @@ users' terms, and the default 4-bit recipe chosen from it.
 
     .venv/bin/python benchmarks/quality.py [--models trained,trained-full] [--variants V1,V2,...]
                                            [--prompts 8] [--prompt-length 512] [--json FILE]
-    .venv/bin/python benchmarks/quality.py --readme RUN.json      # README block from a run's JSON
+    .venv/bin/python benchmarks/quality.py --readme RUN.json [RUN2.json]   # README block from runs' JSON
 
 Per model (written in the release layout: FP4 experts, FP8 linears) and variant (`parity.variant`:
 `int4:asym:g32`, `int4:head-f16`, ...), `parity.run` on CPU (FP32 inference hint) over `--prompts` windows
@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, machine_line, replace_readme_block, table, write_json  # noqa: E402
+from _common import (machine, machine_line, python_main, replace_readme_block, run_child, table,  # noqa: E402
+                     write_json)
 
 MODELS = ("trained", "trained-full")
 VARIANTS = ("fp32", "int8", "int4:g32", "int4", "int4:g128:adjust", "int4:asym:g32", "int4:asym",
@@ -63,6 +64,34 @@ def variant_forms(spec: str, forms: dict[str, float]) -> tuple[float | None, flo
     return experts, next((ms for label, ms in forms.items() if label.startswith(head_label)), None)
 
 
+def cli_flags(options: dict) -> list[str]:
+    """`deepseek-v4-ov export` flags of a variant's `export` keywords."""
+    flags = []
+    for key, value in options.items():
+        if key == "sym":
+            flags.append("--sym" if value else "--asym")
+        elif value is True:
+            flags.append("--" + key.replace("_", "-"))
+        else:
+            flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags
+
+
+def export_cost(folder: Path, work: Path, spec: str) -> dict:
+    """Export variant `spec` in a child process into the folder `parity.run` then reuses (same key): its
+    wall time and peak RSS (ru_maxrss)."""
+    from deepseek_v4_ov.eval.parity import slug, variant
+
+    out = work / f"{slug(spec)}-stateful"
+    cmd = [python_main(), "-m", "deepseek_v4_ov.cli", "export", "--model", str(folder), str(out),
+           *cli_flags(variant(spec)), "--disable-convert-tokenizer", "--overwrite"]
+    rc, wall, rss, output = run_child(cmd)
+    if rc:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}):\n{output[-4000:]}")
+    print(f"  {spec}: exported in {wall:.1f}s, peak RSS {rss:,.0f} MB", flush=True)
+    return {"export_s": wall, "peak_rss_mb": rss}
+
+
 def measure(args) -> dict:
     from toy.trained import write_trained_toy
 
@@ -83,6 +112,7 @@ def measure(args) -> dict:
         work = args.workdir / name
         folder = work / "checkpoint"
         write_trained_toy(folder, name, "fp8", overwrite=True)  # deterministic: the same digest every run
+        costs = {spec: export_cost(folder, work, spec) for spec in args.cost}
         start = time.perf_counter()
         cells, meta = parity.run(folder, work, ["CPU"], variants, args.prompts, args.new_tokens,
                                  prompt_source="heldout", prompt_length=args.prompt_length)
@@ -95,11 +125,13 @@ def measure(args) -> dict:
                 ir = Path(c.ir)
                 row["ir_mb"] = (ir.stat().st_size + ir.with_suffix(".bin").stat().st_size) / 1e6
             row["experts_ms"], row["head_ms"] = variant_forms(c.weight_format, forms)
+            row.update(costs.get(c.weight_format, {}))
             rows.append(row)
         runs[name] = {"meta": meta, "rows": rows, "seconds": time.perf_counter() - start}
     command = ("benchmarks/quality.py --models " + ",".join(models) + f" --prompts {args.prompts} --prompt-length "
                f"{args.prompt_length} --new-tokens {args.new_tokens}"
-               + ("" if variants == VARIANTS else " --variants " + ",".join(variants)))
+               + ("" if variants == VARIANTS else " --variants " + ",".join(variants))
+               + (" --cost " + " ".join(args.cost) if args.cost else ""))
     return {"machine": info, "command": command, "forms": str(FORMS.relative_to(ROOT)), "runs": runs}
 
 
@@ -129,12 +161,19 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def merged(results: list[dict]) -> dict:
+    """Runs of several invocations (e.g. one per model) as one result."""
+    runs = {name: {**run, "command": r["command"], "machine": r["machine"]} for r in results
+            for name, run in r["runs"].items()}
+    return {"runs": runs, "forms": results[0]["forms"]}
+
+
 def block(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"`{result['command']}`; {machine_line(m)}; speed columns: one call at V4-Flash width from "
-             f"`{result['forms']}` (`benchmarks/layer_types.py` forms, 16-core Xeon)", ""]
+    lines = [f"Speed columns: one call at V4-Flash width from `{result['forms']}` (`benchmarks/layer_types.py` "
+             "forms, 16-core Xeon); `-` where that form was not measured.", ""]
     for name, run in result["runs"].items():
         meta = run["meta"]
+        lines += [f"`{run['command']}`; {machine_line(run['machine'])}", ""]
         lines += [f"**{name}** (release layout; PyTorch FP32 perplexity {meta['pytorch_ppl']:.4f} over "
                   f"{len(meta['prompt_lengths'])} x {meta['prompt_lengths'][0]} held-out tokens, teacher-forced; "
                   f"greedy prefix of {meta['new_tokens']} new tokens; source digest {meta['source_digest'][:12]}; "
@@ -142,15 +181,17 @@ def block(result: dict) -> str:
         rows = []
         for r in run["rows"]:
             if r["status"] != "ok":
-                rows.append([r["weight_format"], r["status"] + ": " + r["error"][:90], *[""] * 9])
+                rows.append([r["weight_format"], r["status"] + ": " + r["error"][:90], *[""] * 10])
                 continue
             prefix = r["agreeing_prefix"]
             rows.append([r["weight_format"], f"{r['kl_mean']:{KL_DIGITS}}", f"{r['kl_p99']:.1e}", f"{r['same_top1']:.4f}",
                          f"{r['ppl']:.4f}", f"{100 * r['ppl_delta']:+.2f}%", f"{sum(prefix) / len(prefix):.1f}",
                          f"{r['ir_mb']:.2f}", fmt(r["experts_ms"], ".3f"), fmt(r["head_ms"], ".3f"),
+                         f"{r['export_s']:.0f} s / {r['peak_rss_mb']:,.0f} MB" if "export_s" in r else "-",
                          r["export_key"]])
         lines += [table(["variant", "KL mean", "KL p99", "same top-1", "ppl", "vs PyTorch", "greedy prefix (mean)",
-                         "IR MB", "experts ms (V4-Flash)", "head ms (V4-Flash)", "export key"], rows), ""]
+                         "IR MB", "experts ms (V4-Flash)", "head ms (V4-Flash)", "export time / peak RSS",
+                         "export key"], rows), ""]
     pick, why = choose(result)
     lines.append(f"Default 4-bit recipe by this rule: **{pick}** ({why}).")
     return "\n".join(lines)
@@ -164,17 +205,22 @@ def main() -> None:
     ap.add_argument("--prompt-length", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--workdir", type=Path, default=Path("out/quality"))
+    ap.add_argument("--cost", nargs="*", default=[], help="variants to export in a child process first, for their "
+                                                        "conversion time and peak memory")
     ap.add_argument("--json", help="write the run here")
-    ap.add_argument("--readme", type=Path, help="write README.md's quality block from this run's JSON (no measuring)")
+    ap.add_argument("--readme", type=Path, nargs="+", help="write README.md's quality block from these runs' JSON "
+                                                           "(no measuring)")
     args = ap.parse_args()
     if args.readme is not None:
-        if not args.readme.is_file():
-            raise SystemExit(f"--readme {args.readme}: no such file (a JSON written by --json)")
-        replace_readme_block(ROOT / "README.md", "quality", block(json.loads(args.readme.read_text())))
+        for path in args.readme:
+            if not path.is_file():
+                raise SystemExit(f"--readme {path}: no such file (a JSON written by --json)")
+        replace_readme_block(ROOT / "README.md", "quality", block(merged([json.loads(p.read_text())
+                                                                         for p in args.readme])))
         return
     result = measure(args)
     write_json(args.json, result)
-    print(block(result))
+    print(block(merged([result])))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class CompressionOptions:
     awq: bool = False  # data-free AWQ (scales from weight magnitudes)
     group_size_fallback: str | None = None  # None: error
     head_precision: str | None = None  # None: int8 (`HEAD_PRECISIONS`; int8/int4/mxfp4 formats only)
+    scale_estimation: bool = False  # data-aware (a dataset given to `compress_with`): int4 only
 
     @property
     def symmetric(self) -> bool:
@@ -121,7 +122,8 @@ class CompressionOptions:
         four_bit = fmt in ("int4", "mxfp4")
         given = {"--group-size": self.group_size is not None, "--ratio": self.ratio is not None,
                  "--backup-precision": self.backup_precision is not None, "--awq": self.awq,
-                 "--group-size-fallback": self.group_size_fallback is not None}
+                 "--group-size-fallback": self.group_size_fallback is not None,
+                 "--scale-estimation": self.scale_estimation}
         if self.head_precision is not None and self.head_precision not in HEAD_PRECISIONS:
             raise ValueError(f"--head-precision {self.head_precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}")
         if fmt in ("fp32", "fp16"):
@@ -140,6 +142,8 @@ class CompressionOptions:
             if self.head_precision == "int4":
                 raise ValueError("--head-precision int4 applies to 4-bit weight formats (int4, mxfp4), not int8")
             return
+        if self.scale_estimation and fmt != "int4":
+            raise ValueError(f"--scale-estimation applies to int4, not {fmt}")
         if fmt == "mxfp4":
             if self.sym:
                 raise ValueError("--sym applies to integer formats; mxfp4 has no zero point")
@@ -174,7 +178,7 @@ class CompressionOptions:
                 "group_size": DEFAULT_GROUP_SIZE[fmt] if self.group_size is None else self.group_size,
                 "ratio": 1.0 if self.ratio is None else self.ratio,
                 "backup_precision": self.backup_precision or "int8_asym",
-                "all_layers": self.all_layers, "awq": self.awq,
+                "all_layers": self.all_layers, "awq": self.awq, "scale_estimation": self.scale_estimation,
                 # the default group narrows where an input is narrower (small toys); a given one is checked
                 "group_size_fallback": self.group_size_fallback or ("adjust" if default_group else "error"),
                 "head_precision": self.head_precision or "int8"}
@@ -357,8 +361,14 @@ def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | 
     return compress_with(ov_model, opts, verbose)
 
 
-def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = False) -> ov.Model:
+def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = False,
+                  dataset: list[dict] | None = None) -> ov.Model:
+    """Compress `ov_model` in place (and return it) as `opts` say, under the module's precision policy;
+    `dataset` (inputs of `ov_model`, one dict per sample): NNCF's data-aware 4-bit compression on them
+    (AWQ with `opts.awq`, scale estimation with `opts.scale_estimation`; `compress/calibrate.py`)."""
     opts.validate()
+    if opts.scale_estimation and dataset is None:
+        raise ValueError("--scale-estimation is data-aware: it needs --dataset")
     fmt = opts.weight_format
     if fmt == "fp32":
         return ov_model
@@ -381,9 +391,12 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
                     "ratio": r["ratio"], "group_size": r["group_size"],
                     "backup_mode": nncf.BackupMode(r["backup_precision"]),
                     "awq": opts.awq or None,
+                    "scale_estimation": opts.scale_estimation or None,
                     "advanced_parameters": AdvancedCompressionParameters(
                         group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
                 }
+                if dataset is not None:
+                    kwargs.update(dataset=nncf.Dataset(dataset), subset_size=len(dataset))
             try:
                 with quiet:
                     ov_model = nncf.compress_weights(

@@ -47,8 +47,10 @@ STATIC = "STATIC-CPU"
 """Pseudo-device: the static-shape (NPU-style) model compiled on CPU."""
 FLAGS = {"sym": ("sym", True), "asym": ("sym", False), "head-f16": ("head_precision", "f16"),
          "head-int8": ("head_precision", "int8"), "head-int4": ("head_precision", "int4"),
-         "adjust": ("group_size_fallback", "adjust"), "awq": ("awq", True)}
-"""Options of a format variant (`variant`), by name -> (`export` keyword, value); `gN` sets the group size."""
+         "adjust": ("group_size_fallback", "adjust"), "awq": ("awq", True), "corpus": ("dataset", "corpus"),
+         "scale-estimation": ("scale_estimation", True)}
+"""Options of a format variant (`variant`), by name -> (`export` keyword, value); `gN` sets the group size;
+`corpus` is data-aware compression calibrated on the toys' training corpus (`compress/calibrate.py`)."""
 
 
 def variant(spec: str) -> dict:
@@ -202,8 +204,9 @@ def static_model(model, spec: str, max_len: int, workdir: Path, source: str, log
         return path, want["key"]
     log(f"[parity] exporting {spec} (static shapes, max_len {max_len}; export key {want['key']}: {stale})")
     opts = ExportOptions(Path(), Path(), **options)
-    if opts.native:
-        raise ValueError("the static model is compressed by NNCF: native (the release's codes) has no static form")
+    if opts.native or opts.dataset:
+        raise ValueError(f"{spec}: the static model is compressed by NNCF data-free: native (the release's codes) "
+                         "and data-aware variants have no static form yet")
     ov_model = compress_with(static_cache.convert(model, max_len), opts.compression())
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, path, compress_to_fp16=False)
@@ -273,8 +276,14 @@ def run(
     irs: dict[str, dict] = {}
     for spec, options in variants.items():
         stateful = workdir / f"{slug(spec)}-stateful"
-        ident, reused = ensure_export(model_dir, stateful, log=lambda line: log(f"[parity] {spec}: {line}"),
-                                      convert_tokenizer=False, **options)
+        try:
+            ident, reused = ensure_export(model_dir, stateful, log=lambda line: log(f"[parity] {spec}: {line}"),
+                                          convert_tokenizer=False, **options)
+        except Exception as err:  # an export that fails is a result for every device, not a crash
+            error = f"export failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            log(f"[parity] {spec:6s} {error}")
+            cells += [Cell(device, spec, status="failed", error=error) for device in devices]
+            continue
         irs[spec] = {"stateful": str(stateful / IR_XML), "key": ident["key"], "reused": reused}
         static = None  # the static-shape model, built when a static cell first needs it
         for device in devices:

@@ -84,8 +84,12 @@ def identity(source: str, options: dict[str, Any], version: str | None = None) -
 
 
 def options_record(opts) -> dict[str, Any]:
-    """The options of a resolved `ExportOptions` that shape the IR (all but PATH_FIELDS)."""
-    return {k: v for k, v in asdict(opts).items() if k not in PATH_FIELDS}
+    """The options of a resolved `ExportOptions` that shape the IR (all but PATH_FIELDS), with the digest of
+    a calibration file (`--dataset FILE`: its content calibrates the IR, not its name)."""
+    record = {k: v for k, v in asdict(opts).items() if k not in PATH_FIELDS}
+    if opts.dataset is not None and Path(opts.dataset).is_file():
+        record["dataset_digest"] = _sha(Path(opts.dataset).read_bytes())
+    return record
 
 
 def recorded(folder: Path) -> dict[str, Any] | None:

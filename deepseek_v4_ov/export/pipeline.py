@@ -34,6 +34,7 @@ import openvino as ov
 from deepseek_v4_ov.checkpoint.dryrun import CPU_EXPANSION, Projection, project, size_text
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
+from deepseek_v4_ov.compress.calibrate import Calibration, check_dataset, samples
 from deepseek_v4_ov.compress.policy import (
     PRIMARY, CompressionOptions, GroupPrecision, format_report, precision_report, target_of,
 )
@@ -112,6 +113,8 @@ def validate(opts: ExportOptions) -> Checkpoint:
         raise CheckpointError(_one_line(err)) from err
     opts, _ = resolve(opts, checkpoint)
     compression = opts.compression()
+    if opts.dataset is not None:
+        check_dataset(opts.dataset, src)
     drafter_of(opts, checkpoint)
     if opts.native and checkpoint.fmt != "fp8":
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
@@ -238,6 +241,8 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     ident = identity(source_digest(opts.src), options_record(opts))
     log(f"      export key {ident['key']} (source {ident['source_digest'][:12]}, {ident['code_version']})")
     compression, quantization = opts.compression(), opts.quantization_config()
+    # data-aware: the calibration windows are encoded (and checked) before any conversion
+    calibration = Calibration(samples(opts.dataset, opts.src, opts.samples)) if opts.dataset else None
     pieces = plan(config, whole=opts.whole)
     drafter = drafter_of(opts, checkpoint)
     kind = "prefill-only" if opts.prefill_only else "stateful"
@@ -256,7 +261,11 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
                 start = time.perf_counter()
                 m = convert_piece(config, units, first_stateful=k == 0, prefill_only=opts.prefill_only,
                                   taps=taps)
-                bind_weights(m, checkpoint, compression, native=opts.native)
+                if calibration is not None and name == "":  # the target's pieces, in order
+                    bind_weights(m, checkpoint)
+                    calibration.compress(m, compression)
+                else:
+                    bind_weights(m, checkpoint, compression, native=opts.native)
                 for g, p in precision_report(m).items():
                     precision.setdefault(g, GroupPrecision()).add(p)
                 paths.append(work / f"{name}{k:04d}.xml")
