@@ -9,7 +9,8 @@ same options and the same exporter (parity's --workdir, the demo, the benchmarks
     code version    the package's `__version__` and a digest of its own .py sources: an edited exporter is
                     another version, whatever `__version__` says
     export key      sha256 of the three: the source digest, the export options that shape the IR (format
-                    resolved, every compression option, prefill-only, drafter, calibration; not the paths),
+                    resolved, every compression option, prefill-only, drafter, calibration; not the paths nor
+                    whether the tokenizer was converted: `ensure_export` checks that it is there when asked),
                     the code version
 
 `export` records the key in openvino_config.json (`export_key`, with its parts under `identity`);
@@ -30,7 +31,7 @@ from typing import Any
 FULL_DIGEST_BYTES = 64 << 20
 SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10
 OV_CONFIG_NAME = "openvino_config.json"
-PATH_FIELDS = ("src", "output", "overwrite")  # where the export goes, not what it is
+NOT_IR_FIELDS = ("src", "output", "overwrite", "convert_tokenizer")  # where it goes, and files beside the IR
 
 
 def _sha(data: bytes) -> str:
@@ -84,9 +85,9 @@ def identity(source: str, options: dict[str, Any], version: str | None = None) -
 
 
 def options_record(opts) -> dict[str, Any]:
-    """The options of a resolved `ExportOptions` that shape the IR (all but PATH_FIELDS), with the digest of
+    """The options of a resolved `ExportOptions` that shape the IR (all but NOT_IR_FIELDS), with the digest of
     a calibration file (`--dataset FILE`: its content calibrates the IR, not its name)."""
-    record = {k: v for k, v in asdict(opts).items() if k not in PATH_FIELDS}
+    record = {k: v for k, v in asdict(opts).items() if k not in NOT_IR_FIELDS}
     if opts.dataset is not None and Path(opts.dataset).is_file():
         record["dataset_digest"] = _sha(Path(opts.dataset).read_bytes())
     return record
@@ -130,10 +131,13 @@ def ensure_export(src: Path | str, output: Path | str, log: Callable[[str], None
                   **options) -> tuple[dict[str, Any], bool]:
     """`output` exported from `src` with `options` (`export`'s keywords): reused when its recorded key is
     the expected one, else exported afresh (replacing it). Returns (the identity, reused)."""
+    from deepseek_v4_ov.export.folder import has_tokenizer
     from deepseek_v4_ov.export.pipeline import export
 
-    _, want = expected(src, output, **options)
+    opts, want = expected(src, output, **options)
     stale = why_stale(recorded(Path(output)), want)
+    if stale is None and opts.convert_tokenizer and has_tokenizer(opts.src) and not has_tokenizer(Path(output)):
+        stale = "the export there has no tokenizer"
     if stale is None:
         log(f"reusing {output} (export key {want['key']})")
         return want, True
