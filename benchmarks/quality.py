@@ -189,7 +189,8 @@ def block(result: dict) -> str:
                 rows.append([r["weight_format"], r["status"] + ": " + r["error"][:90], *[""] * 10])
                 continue
             prefix = r["agreeing_prefix"]
-            rows.append([r["weight_format"], f"{r['kl_mean']:{KL_DIGITS}}", f"{r['kl_p99']:.1e}", f"{r['same_top1']:.4f}",
+            rows.append([r["weight_format"], f"{r['kl_mean']:{KL_DIGITS}}", f"{r['kl_p99']:.1e}",
+                         f"{r['same_top1']:.4f}",
                          f"{r['ppl']:.4f}", f"{100 * r['ppl_delta']:+.2f}%", f"{sum(prefix) / len(prefix):.1f}",
                          f"{r['ir_mb']:.2f}", fmt(r["experts_ms"], ".3f"), fmt(r["head_ms"], ".3f"),
                          f"{r['export_s']:.0f} s / {r['peak_rss_mb']:,.0f} MB" if "export_s" in r else "-",

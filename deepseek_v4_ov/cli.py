@@ -236,8 +236,8 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated, e.g. CPU,GPU,NPU,STATIC-CPU (default: every device present + STATIC-CPU)")
     p.add_argument("--weight-formats", default="fp32,int8,int4",
                    help="comma-separated variants FORMAT[:OPTION...] (OPTION: gN group size, sym, asym, head-f16, "
-                        "head-int8, head-int4, adjust (group size fallback), awq, corpus (data-aware on the toys' training "
-                        "corpus), scale-estimation), e.g. int8,int4,int4:asym:g32,int4:corpus:awq,mxfp4,native")
+                        "head-int8, head-int4, adjust (group size fallback), awq, corpus (data-aware on the toys' "
+                        "training corpus), scale-estimation), e.g. int8,int4,int4:asym:g32,int4:corpus:awq,mxfp4,native")
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-source", choices=("heldout", "random"), default="heldout",

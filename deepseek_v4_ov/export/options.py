@@ -102,7 +102,8 @@ class ExportOptions:
         if self.native:
             check_native_options(*nncf)
         if self.dataset is not None and self.weight_format != "int4":
-            raise ValueError(f"--dataset applies to int4 (NNCF's data-aware 4-bit algorithms), not {self.weight_format}")
+            raise ValueError(f"--dataset applies to int4 (NNCF's data-aware 4-bit algorithms), not "
+                             f"{self.weight_format}")
         if self.scale_estimation and self.dataset is None:
             raise ValueError("--scale-estimation is data-aware: it needs --dataset")
         opts = CompressionOptions("fp32" if self.native else self.weight_format, *nncf,
