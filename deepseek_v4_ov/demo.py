@@ -37,7 +37,7 @@ def main(workdir: Path) -> None:
     from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer
     from deepseek_v4_ov.eval.metrics import agreeing_prefix, compare_logits
     from deepseek_v4_ov.eval.text_eval import perplexity
-    from deepseek_v4_ov.export.identity import ensure_export
+    from deepseek_v4_ov.export.reuse import ensure_export
     from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
     from deepseek_v4_ov.runtime.ov_load import load_ov_causal_lm
 

@@ -13,7 +13,7 @@ import deepseek_v4_ov
 from deepseek_v4_ov.checkpoint.toy import write_toy
 from deepseek_v4_ov.eval import parity
 from deepseek_v4_ov.eval.metrics import compare_logits
-from deepseek_v4_ov.export import identity
+from deepseek_v4_ov.export import identity, reuse
 from toy.presets import PRESETS
 
 
@@ -44,19 +44,19 @@ def test_a_changed_option_or_package_version_re_exports(toy, tmp_path, monkeypat
     folder, _ = toy("seed")
     out = tmp_path / "ir"
     quiet = lambda line: None  # noqa: E731
-    first, reused = identity.ensure_export(folder, out, log=quiet, weight_format="int8", convert_tokenizer=False)
+    first, reused = reuse.ensure_export(folder, out, log=quiet, weight_format="int8", convert_tokenizer=False)
     assert not reused
     ov_config = json.loads((out / "openvino_config.json").read_text())
     assert ov_config["export_key"] == first["key"] and ov_config["identity"]["source_digest"] == \
         identity.source_digest(folder)
-    assert identity.ensure_export(folder, out, log=quiet, weight_format="int8", convert_tokenizer=False)[1]
-    sym, reused = identity.ensure_export(folder, out, log=quiet, weight_format="int8", sym=True,
+    assert reuse.ensure_export(folder, out, log=quiet, weight_format="int8", convert_tokenizer=False)[1]
+    sym, reused = reuse.ensure_export(folder, out, log=quiet, weight_format="int8", sym=True,
                                          convert_tokenizer=False)
     assert not reused and sym["key"] != first["key"]
     monkeypatch.setattr(deepseek_v4_ov, "__version__", "99.0")
     identity.code_version.cache_clear()
     try:
-        bumped, reused = identity.ensure_export(folder, out, log=quiet, weight_format="int8", sym=True,
+        bumped, reused = reuse.ensure_export(folder, out, log=quiet, weight_format="int8", sym=True,
                                                 convert_tokenizer=False)
         assert not reused and bumped["code_version"].startswith("99.0+")
         assert "package version" in identity.why_stale(sym, bumped)

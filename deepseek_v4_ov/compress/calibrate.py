@@ -36,13 +36,9 @@ CHARS_PER_TOKEN = 16  # characters encoded per wanted token: far above any token
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
-def check_dataset(dataset: str, src: Path) -> None:
-    """Raise ValueError naming `--dataset` (or SRC) when the calibration input cannot be used; reads no
-    weights."""
-    from deepseek_v4_ov.export.folder import has_tokenizer
-
-    if not has_tokenizer(src):
-        raise ValueError(f"--dataset {dataset}: SRC {src} has no tokenizer (tokenizer.json) to encode the text with")
+def check_dataset(dataset: str) -> None:
+    """Raise ValueError naming `--dataset` when the calibration input cannot be used (SRC's tokenizer is
+    checked with SRC)."""
     if dataset == BUILTIN:
         return
     path = Path(dataset)

@@ -236,7 +236,7 @@ def run(
     from deepseek_v4_ov.checkpoint.layout import read_config
     from deepseek_v4_ov.checkpoint.release import load_model
     from deepseek_v4_ov.export.folder import IR_XML
-    from deepseek_v4_ov.export.identity import ensure_export
+    from deepseek_v4_ov.export.reuse import ensure_export
 
     workdir = Path(workdir)
     variants = {spec: variant(spec) for spec in weight_formats}  # every check before any work

@@ -10,11 +10,12 @@ same options and the same exporter (parity's --workdir, the demo, the benchmarks
                     another version, whatever `__version__` says
     export key      sha256 of the three: the source digest, the export options that shape the IR (format
                     resolved, every compression option, prefill-only, drafter, calibration; not the paths nor
-                    whether the tokenizer was converted: `ensure_export` checks that it is there when asked),
+                    whether the tokenizer was converted: `reuse.ensure_export` checks that it is there when asked),
                     the code version
 
 `export` records the key in openvino_config.json (`export_key`, with its parts under `identity`);
-`ensure_export` reuses a folder whose recorded key is the expected one and re-exports it otherwise, saying why.
+`export/reuse.ensure_export` reuses a folder whose recorded key is the expected one and re-exports it
+otherwise, saying why.
 Nothing here imports torch or openvino at module level (the benchmark helpers import it).
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -125,22 +125,3 @@ def expected(src: Path | str, output: Path | str, **options) -> tuple[Any, dict[
     opts = ExportOptions(Path(src), Path(output), **options)
     opts = opts.resolved(check_folder(opts.src).fmt)
     return opts, identity(source_digest(opts.src), options_record(opts))
-
-
-def ensure_export(src: Path | str, output: Path | str, log: Callable[[str], None] = print,
-                  **options) -> tuple[dict[str, Any], bool]:
-    """`output` exported from `src` with `options` (`export`'s keywords): reused when its recorded key is
-    the expected one, else exported afresh (replacing it). Returns (the identity, reused)."""
-    from deepseek_v4_ov.export.folder import has_tokenizer
-    from deepseek_v4_ov.export.pipeline import export
-
-    opts, want = expected(src, output, **options)
-    stale = why_stale(recorded(Path(output)), want)
-    if stale is None and opts.convert_tokenizer and has_tokenizer(opts.src) and not has_tokenizer(Path(output)):
-        stale = "the export there has no tokenizer"
-    if stale is None:
-        log(f"reusing {output} (export key {want['key']})")
-        return want, True
-    log(f"exporting {output} (export key {want['key']}; {stale})")
-    export(src, output, overwrite=True, log=lambda line: None, **options)
-    return want, False

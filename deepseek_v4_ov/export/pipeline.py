@@ -114,7 +114,10 @@ def validate(opts: ExportOptions) -> Checkpoint:
     opts, _ = resolve(opts, checkpoint)
     compression = opts.compression()
     if opts.dataset is not None:
-        check_dataset(opts.dataset, src)
+        if not has_tokenizer(src):
+            raise CheckpointError(f"--dataset {opts.dataset}: SRC {src} has no tokenizer (tokenizer.json) to encode "
+                                  "the calibration text with")
+        check_dataset(opts.dataset)
     drafter_of(opts, checkpoint)
     if opts.native and checkpoint.fmt != "fp8":
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
