@@ -68,7 +68,7 @@ def test_parity_on_one_model_then_another_reports_the_second(toy, tmp_path):
     """The bug of issue #22: the second run reused the first model's IRs and reported their figures."""
     (seed, _), (other, _) = toy("seed"), (tmp_path / "seed1", write_toy(tmp_path / "seed1", PRESETS["seed"], seed=1,
                                                                           fmt="fp32"))
-    kw = dict(devices=["CPU"], weight_formats=("fp32",), prompts=1, new_tokens=4, log=lambda line: None)
+    kw = dict(devices=["CPU"], weight_formats=("fp32",), prompts=2, new_tokens=4, log=lambda line: None)
     first, meta1 = parity.run(seed, tmp_path / "work", **kw)
     second, meta2 = parity.run(other, tmp_path / "work", **kw)
     assert meta1["source_digest"] != meta2["source_digest"]
