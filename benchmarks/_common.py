@@ -176,10 +176,20 @@ def export_child(src: Path, out: Path, fmt: str, prefill_only: bool = False, who
 
 def ensure_export(workdir: Path, src: Path, fmt: str, prefill_only: bool = False, whole: bool = False,
                   reuse: bool = True, drafter: str = "none") -> Path:
+    """`src` exported into `workdir` (in a child process), reused only while the export key recorded there
+    is the one this export would record (`deepseek_v4_ov.export.identity`: the source's digest, the
+    options, the package version)."""
+    from deepseek_v4_ov.export.identity import expected, recorded, why_stale
+
     suffix = ("-prefill" if prefill_only else "") + ("" if drafter == "none" else f"-{drafter}")
     out = workdir / f"{src.name}-ov-{fmt}{suffix}"
-    if reuse and (out / "openvino_model.xml").is_file():
+    _, want = expected(src, out, weight_format=fmt, prefill_only=prefill_only, whole=whole, convert_tokenizer=False,
+                       drafter=drafter)
+    stale = why_stale(recorded(out), want)
+    if reuse and stale is None:
         return out
+    if reuse:
+        print(f"  re-exporting {out.name}: {stale}", flush=True)
     res = export_child(src, out, fmt, prefill_only, whole, drafter)
     print(f"  exported {out.name} in {res['child_wall_s']:.1f}s, IR {res['ir_bytes'] / 1e6:,.1f} MB, "
           f"peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)

@@ -333,13 +333,25 @@ def run_forms(args) -> list[dict]:
 def build_slice(ratio: int, args) -> dict:
     from conversion_memory import ensure_slice, export_measured
 
+    from deepseek_v4_ov.export.identity import code_version, recorded
+
     overrides = {"hidden_size": 512, "moe_intermediate_size": 256, "vocab_size": 4096, "num_attention_heads": 8,
                  "head_dim": 128, "q_lora_rank": 128, "o_lora_rank": 128, "o_groups": 2, "index_n_heads": 8,
                  "index_head_dim": 64} if args.small else None
     out = args.workdir / f"slice-r{ratio}-e{args.experts}{'-small' if overrides else ''}-int4"
     record = args.workdir / f"{out.name}.export.json"  # the export's figures, for a later run that reuses it
-    if (out / "openvino_model.xml").is_file() and record.is_file():
-        return {"ratio": ratio, "ir": str(out), "export": json.loads(record.read_text())}
+    have = recorded(out)
+    # reused when the IR is there and either its export key says so or the export's figures were recorded
+    # (`.export.json`: by this function, or by _device_layers.sh for a slice benchmarks/llama_cpp.py exported).
+    # The slice's checkpoint is removed after its export (unless --keep-checkpoints), so the source digest
+    # cannot be recomputed; it is a seeded toy of this geometry written by this code, so the recorded code
+    # version (and the int4 format) stand for it
+    keyed = (have is not None and have["code_version"] == code_version()
+             and have["options"]["weight_format"] == "int4")
+    if (out / "openvino_model.xml").is_file() and (keyed or record.is_file()):
+        key = {"export_key": have["key"]} if have is not None else {}
+        figures = json.loads(record.read_text()) if record.is_file() else "reused"
+        return {"ratio": ratio, "ir": str(out), "export": figures, **key}
     src = ensure_slice(args.workdir, ratio, args.experts, overrides)
     res = export_measured(src, out, "int4", keep=True)
     record.write_text(json.dumps(res))

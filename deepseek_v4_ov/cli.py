@@ -97,10 +97,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                               "exports and the --ratio remainder (default int8_asym)")
     p.add_argument("--all-layers", action="store_true", help="4-bit also for attention/shared-expert linears "
                                                              "and embed/head")
-    p.add_argument("--awq", action="store_true", help="data-free AWQ (int4)")
+    p.add_argument("--awq", action="store_true", help="AWQ (int4): data-aware with --dataset, else data-free")
+    p.add_argument("--dataset", help="data-aware int4 (NNCF, piece by piece on the calibration samples' "
+                                     "activations): 'corpus' (the trained toys' training corpus) or a .txt / "
+                                     ".jsonl ({\"text\": ...} per line) file, encoded with SRC's tokenizer")
+    p.add_argument("--num-samples", type=int, help="calibration windows of 256 tokens (with --dataset; default 32)")
+    p.add_argument("--scale-estimation", action="store_true", help="NNCF scale estimation (int4, with --dataset)")
     p.add_argument("--head-precision", choices=HEAD_PRECISIONS,
                    help="LM head of int8/int4/mxfp4 exports: int8 per output channel (default; decode reads the "
-                        "whole head every token) or f16 (the release's BF16 values)")
+                        "whole head every token), f16 (the release's BF16 values) or int4 (4-bit formats: the "
+                        "chosen format)")
     p.add_argument("--group-size-fallback", help=f"one of {', '.join(GROUP_SIZE_FALLBACKS)} (default error)")
     p.add_argument("--prefill-only", action="store_true", help="no cache: input_ids (+ attention_mask) -> logits")
     p.add_argument("--drafter", choices=DRAFTERS, default=NO_DRAFTER,
@@ -128,7 +134,8 @@ def run_export(args: argparse.Namespace) -> None:
                          group_size_fallback=args.group_size_fallback,
                          head_precision=args.head_precision, prefill_only=args.prefill_only,
                          overwrite=args.overwrite, convert_tokenizer=not args.disable_convert_tokenizer,
-                         whole=args.whole, drafter=args.drafter, jobs=args.jobs)
+                         whole=args.whole, drafter=args.drafter, jobs=args.jobs, dataset=args.dataset,
+                         num_samples=args.num_samples, scale_estimation=args.scale_estimation)
     if args.dry_run:
         dry_run_export(opts, args.output is not None)
     else:
@@ -235,7 +242,10 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
                    "ones included; default: the trained toy, written in the release layout to WORKDIR/trained)")
     p.add_argument("--devices", default=None,
                    help="comma-separated, e.g. CPU,GPU,NPU,STATIC-CPU (default: every device present + STATIC-CPU)")
-    p.add_argument("--weight-formats", default="fp32,int8,int4")
+    p.add_argument("--weight-formats", default="fp32,int8,int4",
+                   help="comma-separated variants FORMAT[:OPTION...] (OPTION: gN group size, sym, asym, head-f16, "
+                        "head-int8, head-int4, adjust (group size fallback), awq, corpus (data-aware on the toys' "
+                        "training corpus), scale-estimation), e.g. int8,int4,int4:asym:g32,int4:corpus:awq,mxfp4,native")
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-source", choices=("heldout", "random"), default="heldout",
@@ -245,7 +255,9 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
                    help="tokens per prompt (default: lengths from past the window to past two ratio-128 boundaries)")
     p.add_argument("--cpu-precision", choices=("f32", "default"), default="f32",
                    help="f32: exact FP32 on CPU (default); default: the plugin's choice (bf16 where supported)")
-    p.add_argument("--workdir", type=Path, default=Path("out/parity"), help="where exported IRs are kept and reused")
+    p.add_argument("--workdir", type=Path, default=Path("out/parity"),
+                   help="where exported IRs are kept; one is reused only while its export key (the source "
+                        "checkpoint's digest, the options, the package version) is this run's, else re-exported")
     p.add_argument("--report", type=Path, default=None, help="JSON report path (a .md is written beside it)")
     p.set_defaults(run=run_parity)
 

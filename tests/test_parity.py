@@ -42,7 +42,7 @@ def test_fp32_matches_pytorch_token_for_token(parity_run, device):
     assert cell.status == "ok", cell.error
     assert cell.max_abs <= 1e-4
     assert cell.agreeing_prefix == [NEW_TOKENS] * len(cell.agreeing_prefix)
-    assert cell.top1_agreement == 1.0
+    assert cell.same_top1 == 1.0 and cell.kl_mean < 1e-9
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
@@ -51,7 +51,7 @@ def test_compressed_formats_report_and_agree_outside_the_noise_band(parity_run, 
     folder, _, cells, meta = parity_run
     cell = cells[(fmt, device)]
     assert cell.status == "ok", cell.error
-    assert 0 < cell.mean_abs < 1.0 and 0.5 < cell.top1_agreement <= 1.0  # compressed, but not broken
+    assert 0 < cell.mean_abs < 1.0 and 0.5 < cell.same_top1 <= 1.0  # compressed, but not broken
     model = toy("seed")[1]
     prompts = parity.prompt_set(model.config.vocab_size, tuple(meta["prompt_lengths"]), seed=0)
     with torch.no_grad():
@@ -72,7 +72,9 @@ def test_reports_are_written(parity_run, tmp_path):
     data = json.loads(json_path.read_text())
     assert {c["device"] for c in data["cells"]} == {"CPU", parity.STATIC}
     assert "| fp32 | CPU | ok |" in md_path.read_text()
-    assert "max|dlogit|" in parity.format_table(list(cells.values()))
+    assert {"kl_mean", "kl_p99", "same_top1", "ppl", "ppl_delta", "ir", "export_key"} <= set(data["cells"][0])
+    assert "KL mean" in parity.format_table(list(cells.values()))
+    assert data["meta"]["irs"]["int4"]["key"] in md_path.read_text()  # the report names the IRs and their keys
 
 
 def test_layer_drift_locates_differences(toy, tmp_path):

@@ -162,7 +162,7 @@ def trained_parity(trained_ir, tmp_path_factory):
 def test_fp32_perplexity_and_tokens_equal_pytorch(trained_parity, device):
     cell = trained_parity[0][("fp32", device)]
     assert cell.status == "ok", cell.error
-    assert abs(cell.ppl_rel) <= 1e-3 and cell.max_abs <= 1e-4
+    assert abs(cell.ppl_delta) <= 1e-3 and cell.max_abs <= 1e-4
     assert cell.agreeing_prefix == [NEW_TOKENS] * 2 and cell.disagree_margin == [None, None]
 
 
@@ -170,7 +170,7 @@ def test_fp32_perplexity_and_tokens_equal_pytorch(trained_parity, device):
 def test_compressed_perplexity_within_bounds_and_flips_only_near_ties(trained_parity, fmt, bound, device):
     cell = trained_parity[0][(fmt, device)]
     assert cell.status == "ok", cell.error
-    assert cell.ppl_rel <= bound, cell.ppl
+    assert cell.ppl_delta <= bound, cell.ppl
     assert cell.mean_abs > 0  # really compressed
     for margin in cell.disagree_margin:
         assert margin is None or margin < 2 * cell.max_abs, (cell.disagree_margin, cell.max_abs)
@@ -181,7 +181,7 @@ def test_report_has_heldout_perplexity(trained_parity, tmp_path):
     assert meta["prompt_source"] == "heldout" and meta["pytorch_ppl"] < 20
     _, md = parity.write_reports(list(cells.values()), meta, tmp_path / "r.json")
     text = md.read_text()
-    assert "PyTorch perplexity" in text and "| ppl | dppl |" in text and "margin@diff" in text
+    assert "PyTorch perplexity" in text and "| KL mean | KL p99 | same top1 | ppl | dppl |" in text and "margin@diff" in text
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -244,28 +244,29 @@ def test_loading_prints_no_spurious_warnings(trained_ir):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Opt-in: the issue's acceptance run (8 held-out prompts of 256 tokens, 32 new tokens), ~8 min on 2 cores
+# Opt-in: the acceptance run of issues #13/#22 (8 held-out prompts of 512 tokens, 32 new tokens), ~10 min on 2
+# cores; `benchmarks/quality.py` prints the same figures for every variant
 # ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def acceptance(tmp_path_factory):
     work = tmp_path_factory.mktemp("acceptance")
     cells, meta = parity.run(None, work, ["CPU", parity.STATIC], ("fp32", "int8", "int4", "mxfp4"), prompts=8,
-                             new_tokens=32, prompt_source="heldout", prompt_length=256)
+                             new_tokens=32, prompt_source="heldout", prompt_length=512)
     return {(c.weight_format, c.device): c for c in cells}
 
 
 @pytest.mark.slow
 def test_acceptance_perplexity(acceptance):
     for device in ("CPU", parity.STATIC):
-        assert abs(acceptance[("fp32", device)].ppl_rel) <= 1e-3
+        assert abs(acceptance[("fp32", device)].ppl_delta) <= 1e-3
         assert acceptance[("fp32", device)].agreeing_prefix == [32] * 8
-        assert acceptance[("int8", device)].ppl_rel <= 0.01
-        assert acceptance[("int4", device)].ppl_rel <= 0.10
-        assert acceptance[("mxfp4", device)].ppl_rel <= 0.01  # FP4 experts kept exactly, FP8 linears in INT8
+        assert acceptance[("int8", device)].ppl_delta <= 0.01
+        assert acceptance[("int4", device)].ppl_delta <= 0.05  # issue #22: the default INT4 within +5%
+        assert acceptance[("mxfp4", device)].ppl_delta <= 0.01  # FP4 experts kept exactly, FP8 linears in INT8
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 25.9/32 on CPU (two prompts flip at PyTorch margins of 0.01 and "
-                                       "0.06 logits): below the issue's 28/32; needs a better-trained toy")
-def test_acceptance_int8_greedy_agreement(acceptance):
-    assert np.mean(acceptance[("int8", "CPU")].agreeing_prefix) >= 28
+def test_acceptance_int8_same_top1(acceptance):
+    """Issue #22: INT8 keeps the top-1 token at >= 98% of 4,096 held-out positions (the greedy prefix, which
+    one flip at a near-tie ends, is reported, not asserted)."""
+    assert acceptance[("int8", "CPU")].same_top1 >= 0.98

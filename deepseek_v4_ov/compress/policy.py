@@ -45,7 +45,9 @@ release already uses 4 bit; the FP8 tensors get 8 bit. `fp32` leaves everything 
 The one departure: the LM head (BF16 in the release) is INT8 per output channel by default, because
 batch-1 decode reads all of it every token (V4-Flash: 1.06 GB in f16, 0.53 GB in INT8) and the CPU
 plugin runs the f16 head at well under the memory bandwidth (`benchmarks/layer_types.py` forms: head
-f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits.
+f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits, and
+`head_precision="int4"` (4-bit formats) gives the head the chosen format (the quality table in the README
+measures what each costs).
 
 The policy is applied with NNCF `ignored_scope` built from the IR: every weight constant is mapped back
 to its official tensor name (`resolve`), from the constant's own name (`self.model.<official name>`) or,
@@ -73,7 +75,7 @@ from deepseek_v4_ov.compress.quantise import compress_ops
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
-HEAD_PRECISIONS = ("int8", "f16")
+HEAD_PRECISIONS = ("int8", "f16", "int4")
 DEFAULT_GROUP_SIZE = {"int4": 64, "mxfp4": 32}
 OTHER = "other constants"
 
@@ -102,6 +104,7 @@ class CompressionOptions:
     awq: bool = False  # data-free AWQ (scales from weight magnitudes)
     group_size_fallback: str | None = None  # None: error
     head_precision: str | None = None  # None: int8 (`HEAD_PRECISIONS`; int8/int4/mxfp4 formats only)
+    scale_estimation: bool = False  # data-aware (a dataset given to `compress_with`): int4 only
 
     @property
     def symmetric(self) -> bool:
@@ -109,9 +112,11 @@ class CompressionOptions:
 
     @property
     def data_free(self) -> bool:
-        """Whether NNCF would compress each weight on its own values alone (ratio 1, no AWQ): then the exact
-        quantiser (`compress/quantise.py`) computes what it would; else NNCF ranks or scales across weights."""
-        return self.weight_format in ("int8", "int4", "mxfp4") and not self.awq and self.resolved().get("ratio", 1.0) == 1.0
+        """Whether NNCF would compress each weight on its own values alone (ratio 1, no AWQ, no scale
+        estimation): then the exact quantiser (`compress/quantise.py`) computes what it would; else NNCF ranks
+        or scales across weights. A dataset given to `compress_with` also sends it to NNCF (data-aware)."""
+        return (self.weight_format in ("int8", "int4", "mxfp4") and not self.awq and not self.scale_estimation
+                and self.resolved().get("ratio", 1.0) == 1.0)
 
     @property
     def head_int8(self) -> bool:
@@ -127,7 +132,8 @@ class CompressionOptions:
         four_bit = fmt in ("int4", "mxfp4")
         given = {"--group-size": self.group_size is not None, "--ratio": self.ratio is not None,
                  "--backup-precision": self.backup_precision is not None, "--awq": self.awq,
-                 "--group-size-fallback": self.group_size_fallback is not None}
+                 "--group-size-fallback": self.group_size_fallback is not None,
+                 "--scale-estimation": self.scale_estimation}
         if self.head_precision is not None and self.head_precision not in HEAD_PRECISIONS:
             raise ValueError(f"--head-precision {self.head_precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}")
         if fmt in ("fp32", "fp16"):
@@ -143,7 +149,11 @@ class CompressionOptions:
                 raise ValueError(f"{bad[0]} applies to 4-bit weight formats (int4, mxfp4), not int8")
             if self.group_size not in (None, -1):
                 raise ValueError(f"--group-size {self.group_size}: int8 is per output channel (-1) here")
+            if self.head_precision == "int4":
+                raise ValueError("--head-precision int4 applies to 4-bit weight formats (int4, mxfp4), not int8")
             return
+        if self.scale_estimation and fmt != "int4":
+            raise ValueError(f"--scale-estimation applies to int4, not {fmt}")
         if fmt == "mxfp4":
             if self.sym:
                 raise ValueError("--sym applies to integer formats; mxfp4 has no zero point")
@@ -178,7 +188,7 @@ class CompressionOptions:
                 "group_size": DEFAULT_GROUP_SIZE[fmt] if self.group_size is None else self.group_size,
                 "ratio": 1.0 if self.ratio is None else self.ratio,
                 "backup_precision": self.backup_precision or "int8_asym",
-                "all_layers": self.all_layers, "awq": self.awq,
+                "all_layers": self.all_layers, "awq": self.awq, "scale_estimation": self.scale_estimation,
                 # the default group narrows where an input is narrower (small toys); a given one is checked
                 "group_size_fallback": self.group_size_fallback or ("adjust" if default_group else "error"),
                 "head_precision": self.head_precision or "int8"}
@@ -333,6 +343,8 @@ def target_of(name: str, opts: CompressionOptions, elements: int) -> str:
         return PRIMARY if opts.all_layers else eight
     if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
         return PRIMARY
+    if name == "head.weight" and opts.head_precision == "int4":
+        return PRIMARY  # validate() allows it for the 4-bit formats only
     if name == "head.weight" and opts.head_int8:
         return eight
     if (kind == BF16 and elements >= LARGE_BF16 and opts.weight_format in ("int8", "int4", "mxfp4")
@@ -378,20 +390,27 @@ def compress(ov_model: ov.Model, weight_format: str = "fp32", group_size: int | 
     return compress_with(ov_model, opts, verbose)
 
 
-def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = False) -> ov.Model:
+def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = False,
+                  dataset: list[dict] | None = None) -> ov.Model:
+    """Compress `ov_model` in place (and return it) as `opts` say, under the module's precision policy;
+    `dataset` (inputs of `ov_model`, one dict per sample): NNCF's data-aware 4-bit compression on them
+    (AWQ with `opts.awq`, scale estimation with `opts.scale_estimation`; `compress/calibrate.py`)."""
     opts.validate()
+    if opts.scale_estimation and dataset is None:
+        raise ValueError("--scale-estimation is data-aware: it needs --dataset")
     fmt = opts.weight_format
     if fmt == "fp32":
         return ov_model
     if fmt != "fp16":
-        # data-free (ratio 1, no AWQ): the exact quantiser, NNCF's constants computed directly; else NNCF
+        # data-free (ratio 1, no AWQ, no scale estimation, no dataset): the exact quantiser, NNCF's constants
+        # computed directly; else NNCF
         r = opts.resolved()
         targets = plan(ov_model, opts)
-        if targets[PRIMARY] and opts.data_free:
+        if targets[PRIMARY] and opts.data_free and dataset is None:
             compress_ops(ov_model, set(targets[PRIMARY]), r["mode"], r.get("group_size", -1),
                          r.get("group_size_fallback", "error"), r.get("backup_precision"))
         elif targets[PRIMARY]:
-            ov_model = _nncf_primary(ov_model, opts, set(targets[PRIMARY]), verbose)
+            ov_model = _nncf_primary(ov_model, opts, set(targets[PRIMARY]), verbose, dataset)
         backup = r.get("backup_precision", "none")
         if targets[EIGHT_BIT] and backup != "none":  # per channel: always data-free
             compress_ops(ov_model, set(targets[EIGHT_BIT]), backup)
@@ -399,9 +418,11 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
     return ov_model
 
 
-def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], verbose: bool) -> ov.Model:
+def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], verbose: bool,
+                  dataset: list[dict] | None = None) -> ov.Model:
     """NNCF's `compress_weights` on the ops `ops` (the primary target) where it ranks or scales weights
-    against each other (`--ratio` < 1, `--awq`); any format, so that tests can run the policy on NNCF alone."""
+    against each other (`--ratio` < 1, `--awq`, `--scale-estimation`) or compresses on `dataset` (inputs of
+    `ov_model`, one dict per sample: data-aware); any format, so that tests can run the policy on NNCF alone."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
@@ -417,9 +438,12 @@ def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], v
             "ratio": r["ratio"], "group_size": r["group_size"],
             "backup_mode": nncf.BackupMode(r["backup_precision"]),
             "awq": opts.awq or None,
+            "scale_estimation": opts.scale_estimation or None,
             "advanced_parameters": AdvancedCompressionParameters(
                 group_size_fallback_mode=GroupSizeFallbackMode(r["group_size_fallback"])),
         }
+        if dataset is not None:
+            kwargs.update(dataset=nncf.Dataset(dataset), subset_size=len(dataset))
     try:
         with quiet:
             return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode(r["mode"]),

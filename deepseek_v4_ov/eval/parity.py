@@ -12,11 +12,23 @@ prompt + new tokens (ring-buffer window, entry buffers written by index, fixed i
 so no shape depends on the position; prompts are fed token by token. It is compressed like the other IRs
 and checked on CPU as well (`STATIC-CPU`), so the NPU path runs on every machine. Batch 1 only (no batch-2
 column).
+
+The users' figures per cell (`metrics.compare_logits`, `text_eval.perplexity`), teacher-forced over the
+prompts (held-out text by default), pooled over every position: `kl_mean` and `kl_p99` (KL divergence of
+the IR's next-token distribution from the PyTorch port's in FP32, nats), `same_top1` (share of positions
+whose top-1 token is the same), `ppl` and `ppl_delta` (IR / PyTorch - 1); the greedy prefix is a secondary
+column (one flip at a near-tie ends it).
+
+Formats are variants `FORMAT[:OPTION...]` (`variant`): `int4:asym:g32`, `int4:head-f16`, ... Each is
+exported once into WORKDIR and reused only while its export key (`export/identity.py`: the source
+checkpoint's digest, the options, the package version) is the one recorded there; the report names the IR
+each cell measured and its key.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +40,48 @@ import torch
 from deepseek_v4_ov.convert import static as static_cache
 from deepseek_v4_ov.eval import text_eval
 from deepseek_v4_ov.eval.metrics import agreeing_prefix, compare_logits, prompt_set
+from deepseek_v4_ov.export.identity import OV_CONFIG_NAME, identity, recorded, source_digest, why_stale
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM
 
 STATIC = "STATIC-CPU"
 """Pseudo-device: the static-shape (NPU-style) model compiled on CPU."""
+FLAGS = {"sym": ("sym", True), "asym": ("sym", False), "head-f16": ("head_precision", "f16"),
+         "head-int8": ("head_precision", "int8"), "head-int4": ("head_precision", "int4"),
+         "adjust": ("group_size_fallback", "adjust"), "awq": ("awq", True), "corpus": ("dataset", "corpus"),
+         "scale-estimation": ("scale_estimation", True)}
+"""Options of a format variant (`variant`), by name -> (`export` keyword, value); `gN` sets the group size;
+`corpus` is data-aware compression calibrated on the toys' training corpus (`compress/calibrate.py`)."""
+
+
+def variant(spec: str) -> dict:
+    """`export` keywords of a format variant `FORMAT[:OPTION...]` (OPTION: `gN`, or one of FLAGS), e.g.
+    `int4:asym:g32` -> weight_format int4, sym False, group_size 32. Checked as the export checks them
+    (ValueError naming the variant)."""
+    from deepseek_v4_ov.export.options import ExportOptions
+
+    fmt, *flags = spec.split(":")
+    options: dict = {"weight_format": fmt}
+    for flag in flags:
+        m = re.fullmatch(r"g(-?\d+)", flag)
+        if m:
+            options["group_size"] = int(m.group(1))
+        elif flag in FLAGS:
+            options[FLAGS[flag][0]] = FLAGS[flag][1]
+        else:
+            raise ValueError(f"--weight-formats {spec}: unknown option {flag!r}; use gN (group size) or one of "
+                             f"{', '.join(FLAGS)}")
+    try:
+        if fmt == "auto":
+            raise ValueError("name the format (auto depends on the checkpoint)")
+        ExportOptions(Path(), Path(), **options).compression()
+    except ValueError as err:
+        raise ValueError(f"--weight-formats {spec}: {err}") from err
+    return options
+
+
+def slug(spec: str) -> str:
+    """A variant's folder name part (`int4:asym:g32` -> `int4-asym-g32`)."""
+    return spec.replace(":", "-")
 
 
 @dataclass
@@ -41,16 +91,19 @@ class Cell:
     status: str = "ok"  # ok | failed | absent
     error: str = ""
     precision: str = ""
+    ir: str = ""  # the IR measured
+    export_key: str = ""  # its export key (export/identity.py)
+    kl_mean: float = float("nan")  # KL(PyTorch || IR) per position, nats: mean and 99th percentile
+    kl_p99: float = float("nan")
+    same_top1: float = float("nan")  # share of positions with the same top-1 token
     max_abs: float = float("nan")
     mean_abs: float = float("nan")
-    top1_agreement: float = float("nan")
     top5_overlap: float = float("nan")
-    kl_mean: float = float("nan")
     first_token_agree: float = float("nan")  # fraction of prompts whose first new token matches
     agreeing_prefix: list[int] = field(default_factory=list)  # per prompt, out of new_tokens
     batch2_max_abs: float = float("nan")  # batch of 2 vs each row alone, same IR
     ppl: float = float("nan")  # perplexity of the prompts under the IR's prompt logits (text_eval.perplexity)
-    ppl_rel: float = float("nan")  # ppl / PyTorch's ppl - 1
+    ppl_delta: float = float("nan")  # ppl / PyTorch's ppl - 1
     disagree_margin: list = field(default_factory=list)  # per prompt: PyTorch's top1-top2 gap at the first
     # differing greedy token (None where all agree): a small gap is rounding, a large one a bug
     compile_s: float = float("nan")
@@ -93,24 +146,21 @@ def reference_outputs(model, prompts: list[torch.Tensor], new_tokens: int) -> Re
 
 def run_cell(runner: OVCausalLM, ref: Reference, new_tokens: int, cell: Cell) -> None:
     """Fill `cell` from one compiled model."""
-    stats, firsts, prefixes, all_logits, gaps = [], [], [], [], []
-    for ids, logits, tokens, margins in zip(ref.prompts, ref.logits, ref.tokens, ref.margins):
+    firsts, prefixes, all_logits, gaps = [], [], [], []
+    for ids, tokens, margins in zip(ref.prompts, ref.tokens, ref.margins):
         ov_logits, ov_tokens = runner.greedy(ids.numpy(), new_tokens)
         all_logits.append(ov_logits)
-        stats.append(compare_logits(torch.from_numpy(logits), torch.from_numpy(ov_logits)))
         ov_tokens = ov_tokens[0].tolist()
         firsts.append(float(ov_tokens[:1] == tokens[:1]))
         prefixes.append(agreeing_prefix(tokens, ov_tokens))
         where = text_eval.first_disagreement(tokens, ov_tokens)
         gaps.append(None if where is None else margins[where])
+    stats = compare_logits(ref.logits, all_logits)  # pooled over every prompt position
+    cell.kl_mean, cell.kl_p99, cell.same_top1 = stats.kl_mean, stats.kl_p99, stats.same_top1
+    cell.max_abs, cell.mean_abs, cell.top5_overlap = stats.max_abs, stats.mean_abs, stats.top5_overlap
     cell.ppl = text_eval.perplexity(all_logits, ref.prompts)
-    cell.ppl_rel = cell.ppl / ref.ppl - 1
+    cell.ppl_delta = cell.ppl / ref.ppl - 1
     cell.disagree_margin = gaps
-    cell.max_abs = max(s.max_abs for s in stats)
-    cell.mean_abs = float(np.mean([s.mean_abs for s in stats]))
-    cell.top1_agreement = float(np.mean([s.top1_agreement for s in stats]))
-    cell.top5_overlap = float(np.mean([s.top5_overlap for s in stats]))
-    cell.kl_mean = float(np.mean([s.kl_mean for s in stats]))
     cell.first_token_agree = float(np.mean(firsts))
     cell.agreeing_prefix = prefixes
     cell.compile_s = runner.timings.compile_s
@@ -139,18 +189,29 @@ def device_config(device: str, weight_format: str, cpu_precision: str) -> dict:
     return {}
 
 
-def static_model(model, weight_format: str, max_len: int, workdir: Path, log=print) -> Path:
-    """The static-shape IR of `model` for `max_len` tokens, compressed to `weight_format` (reused if saved)."""
-    from deepseek_v4_ov.compress.policy import compress
+def static_model(model, spec: str, max_len: int, workdir: Path, source: str, log=print) -> tuple[Path, str]:
+    """The static-shape IR of `model` (whose checkpoint has digest `source`) for `max_len` tokens, compressed
+    as variant `spec` says; reused while the key recorded beside it is this one. Returns (IR, key)."""
+    from deepseek_v4_ov.compress.policy import compress_with
+    from deepseek_v4_ov.export.options import ExportOptions
 
-    path = Path(workdir) / f"{weight_format}-static" / "openvino_model.xml"
-    if path.is_file() and static_cache.max_len_of(ov.Core().read_model(path)) == max_len:
-        return path
-    log(f"[parity] exporting {weight_format} (static shapes, max_len {max_len})")
-    ov_model = compress(static_cache.convert(model, max_len), weight_format)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    options = variant(spec)
+    want = identity(source, {"static_max_len": max_len, **options})
+    folder = Path(workdir) / f"{slug(spec)}-static"
+    path = folder / "openvino_model.xml"
+    stale = why_stale(recorded(folder), want)
+    if stale is None:
+        return path, want["key"]
+    log(f"[parity] exporting {spec} (static shapes, max_len {max_len}; export key {want['key']}: {stale})")
+    opts = ExportOptions(Path(), Path(), **options)
+    if opts.native or opts.dataset:
+        raise ValueError(f"{spec}: the static model is compressed by NNCF data-free: native (the release's codes) "
+                         "and data-aware variants have no static form yet")
+    ov_model = compress_with(static_cache.convert(model, max_len), opts.compression())
+    folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, path, compress_to_fp16=False)
-    return path
+    (folder / OV_CONFIG_NAME).write_text(json.dumps({"ir": "static", "identity": want}, indent=2) + "\n")
+    return path, want["key"]
 
 
 def run(
@@ -168,17 +229,22 @@ def run(
     """Export, run and compare; return the cells and run metadata.
 
     `model_dir` None: the trained toy (`toy/trained`, release layout) written to `workdir/trained`.
-    `prompt_source` "random": seeded random ids crossing the window and two ratio-128 boundaries;
-    "heldout": windows of the shipped held-out Python source (never trained on), encoded with the model's
-    own tokenizer. `prompt_length` fixes every prompt's length (default: `default_lengths`)."""
+    `weight_formats`: variants `FORMAT[:OPTION...]` (`variant`). `prompt_source` "random": seeded random
+    ids crossing the window and two ratio-128 boundaries; "heldout": windows of the shipped held-out Python
+    source (never trained on), encoded with the model's own tokenizer. `prompt_length` fixes every prompt's
+    length (default: `default_lengths`)."""
     from deepseek_v4_ov.checkpoint.layout import read_config
     from deepseek_v4_ov.checkpoint.release import load_model
-    from deepseek_v4_ov.export.pipeline import export
+    from deepseek_v4_ov.export.folder import IR_XML
+    from deepseek_v4_ov.export.reuse import ensure_export
 
     workdir = Path(workdir)
+    variants = {spec: variant(spec) for spec in weight_formats}  # every check before any work
     if prompt_length is not None and prompt_length < 2:
         raise ValueError(f"--prompt-length {prompt_length}: a prompt needs at least 2 tokens (perplexity scores "
                          "token t+1 from position t)")
+    if prompt_source not in ("random", "heldout"):
+        raise ValueError(f"prompt_source {prompt_source!r}: choose 'random' or 'heldout'")
     if model_dir is None:
         from toy.trained import write_trained_toy
 
@@ -188,18 +254,17 @@ def run(
             write_trained_toy(model_dir, "trained", "fp8", overwrite=True)
     model_dir = Path(model_dir)
     config = read_config(model_dir)
+    source = source_digest(model_dir)
     available = ov.Core().available_devices
     devices = devices or sorted({d.split(".")[0] for d in available} | {STATIC})
     lengths = (prompt_length,) * prompts if prompt_length else default_lengths(config, prompts)
     if prompt_source == "heldout":
         prompt_ids = text_eval.heldout_prompts(model_dir, prompts, max(lengths))
         prompt_ids = [p[:, :n] for p, n in zip(prompt_ids, lengths)]
-    elif prompt_source == "random":
-        prompt_ids = prompt_set(config.vocab_size, lengths, seed=0)
     else:
-        raise ValueError(f"prompt_source {prompt_source!r}: choose 'random' or 'heldout'")
-    log(f"[parity] reference: PyTorch port (FP32) on {prompt_source} prompts of {list(lengths)} tokens, "
-        f"{new_tokens} new tokens")
+        prompt_ids = prompt_set(config.vocab_size, lengths, seed=0)
+    log(f"[parity] reference: PyTorch port (FP32) of {model_dir} (source digest {source[:12]}) on {prompt_source} "
+        f"prompts of {list(lengths)} tokens, {new_tokens} new tokens")
     model = load_model(model_dir).float().eval()
     ref = reference_outputs(model, prompt_ids, new_tokens)
     mtp = text_eval.mtp_accuracy(model, prompt_ids)
@@ -208,37 +273,48 @@ def run(
     static_len = max(lengths) + new_tokens
 
     cells: list[Cell] = []
-    for fmt in weight_formats:
-        stateful = workdir / f"{fmt}-stateful"
-        if not (stateful / "openvino_model.xml").is_file():
-            log(f"[parity] exporting {fmt} (stateful)")
-            export(model_dir, stateful, weight_format=fmt, overwrite=True, convert_tokenizer=False,
-                   log=lambda line: None)
+    irs: dict[str, dict] = {}
+    for spec, options in variants.items():
+        stateful = workdir / f"{slug(spec)}-stateful"
+        try:
+            ident, reused = ensure_export(model_dir, stateful, log=lambda line: log(f"[parity] {spec}: {line}"),
+                                          convert_tokenizer=False, **options)
+        except Exception as err:  # an export that fails is a result for every device, not a crash
+            error = f"export failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            log(f"[parity] {spec:6s} {error}")
+            cells += [Cell(device, spec, status="failed", error=error) for device in devices]
+            continue
+        irs[spec] = {"stateful": str(stateful / IR_XML), "key": ident["key"], "reused": reused}
         static = None  # the static-shape model, built when a static cell first needs it
         for device in devices:
-            cell = Cell(device, fmt)
+            cell = Cell(device, spec, ir=str(stateful / IR_XML), export_key=ident["key"])
             cells.append(cell)
             base = device if device != STATIC else "CPU"
             if not any(d.split(".")[0] == base for d in available):
                 cell.status, cell.error = "absent", f"{device} not in ov.Core().available_devices {available}"
                 continue
             try:
-                cfg = device_config(device, fmt, cpu_precision)
+                cfg = device_config(device, spec, cpu_precision)
                 if device in ("NPU", STATIC):
-                    static = static or static_model(model, fmt, static_len, workdir, log)
-                    runner = static_cache.StaticCacheLM(static, base, cfg)
+                    static = static or static_model(model, spec, static_len, workdir, source, log)
+                    cell.ir, cell.export_key = str(static[0]), static[1]
+                    irs[spec]["static"], irs[spec]["static_key"] = cell.ir, cell.export_key
+                    runner = static_cache.StaticCacheLM(static[0], base, cfg)
                 else:
                     runner = OVCausalLM(stateful, base, cfg)
                 run_cell(runner, ref, new_tokens, cell)
                 if device not in ("NPU", STATIC):
                     cell.batch2_max_abs = batch2_gap(runner, prompt_ids)
-                log(f"[parity] {fmt:6s} {device:10s} max|d| {cell.max_abs:.2e}  top1 {cell.top1_agreement:.3f}  "
-                    f"ppl {cell.ppl:.4f} ({100 * cell.ppl_rel:+.2f}%)  prefix {cell.agreeing_prefix}")
+                log(f"[parity] {spec:6s} {device:10s} KL {cell.kl_mean:.2e} (p99 {cell.kl_p99:.2e})  same top-1 "
+                    f"{cell.same_top1:.3f}  ppl {cell.ppl:.4f} ({100 * cell.ppl_delta:+.2f}%)  "
+                    f"prefix {cell.agreeing_prefix}")
             except Exception as err:  # a device that cannot compile or run is a result, not a crash
                 cell.status, cell.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                log(f"[parity] {fmt:6s} {device:10s} FAILED: {cell.error}")
+                log(f"[parity] {spec:6s} {device:10s} FAILED: {cell.error}")
     meta = {
         "model": str(model_dir),
+        "source_digest": source,
+        "irs": irs,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "openvino": ov.get_version(),
         "available_devices": available,
@@ -261,20 +337,22 @@ COLUMNS = (
     ("device", lambda c: c.device),
     ("status", lambda c: c.status),
     ("precision", lambda c: c.precision),
-    ("max|dlogit|", lambda c: f"{c.max_abs:.2e}"),
-    ("mean|dlogit|", lambda c: f"{c.mean_abs:.2e}"),
-    ("top1", lambda c: f"{c.top1_agreement:.3f}"),
-    ("top5", lambda c: f"{c.top5_overlap:.3f}"),
-    ("KL", lambda c: f"{c.kl_mean:.2e}"),
-    ("1st tok", lambda c: f"{c.first_token_agree:.2f}"),
+    ("KL mean", lambda c: f"{c.kl_mean:.2e}"),
+    ("KL p99", lambda c: f"{c.kl_p99:.2e}"),
+    ("same top1", lambda c: f"{c.same_top1:.3f}"),
     ("ppl", lambda c: f"{c.ppl:.4f}"),
-    ("dppl", lambda c: f"{100 * c.ppl_rel:+.2f}%"),
+    ("dppl", lambda c: f"{100 * c.ppl_delta:+.2f}%"),
     ("greedy prefix", lambda c: "/".join(map(str, c.agreeing_prefix))),
     ("margin@diff", lambda c: "/".join("-" if g is None else f"{g:.2f}" for g in c.disagree_margin)),
+    ("max|dlogit|", lambda c: f"{c.max_abs:.2e}"),
+    ("mean|dlogit|", lambda c: f"{c.mean_abs:.2e}"),
+    ("top5", lambda c: f"{c.top5_overlap:.3f}"),
+    ("1st tok", lambda c: f"{c.first_token_agree:.2f}"),
     ("batch2", lambda c: f"{c.batch2_max_abs:.1e}"),
     ("compile s", lambda c: f"{c.compile_s:.1f}"),
     ("prefill ms", lambda c: f"{c.prefill_ms:.1f}"),
     ("decode ms/tok", lambda c: f"{c.decode_ms:.2f}"),
+    ("export key", lambda c: c.export_key),
 )
 
 
@@ -305,6 +383,11 @@ def markdown(cells: list[Cell], meta: dict) -> str:
            f"tokens; CPU precision {meta['cpu_precision']}; PyTorch perplexity {meta.get('pytorch_ppl', float('nan')):.4f}"
            + (f"; MTP top-1 on t+2 {meta['mtp']['mtp_top1_t+2']:.3f} (main model on t+1 "
               f"{meta['mtp']['main_top1_t+1']:.3f})" if meta.get("mtp") else "") + ".",
+           "", f"Source checkpoint digest {meta['source_digest']}. IRs measured (export key, reused or exported "
+               "by this run):", "",
+           *(f"- {spec}: {ir['stateful']} (key {ir['key']}, {'reused' if ir['reused'] else 'exported'})"
+             + (f"; static {ir['static']} (key {ir['static_key']})" if "static" in ir else "")
+             for spec, ir in meta["irs"].items()),
            "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(cells)]
     return "\n".join(out) + "\n"

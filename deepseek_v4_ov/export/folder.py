@@ -20,10 +20,10 @@ from typing import Any
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME
 from deepseek_v4_ov.checkpoint.release import STORAGE_ONLY_KEYS
 from deepseek_v4_ov.checkpoint.toy import AUTO_MAP, BUNDLED_FILES, PACKAGE_DIR
+from deepseek_v4_ov.export.identity import OV_CONFIG_NAME
 
 IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
 DRAFTER_XML, DRAFTER_BIN = "openvino_drafter_model.xml", "openvino_drafter_model.bin"
-OV_CONFIG_NAME = "openvino_config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt")
@@ -58,9 +58,10 @@ def output_config(src: Path, use_cache: bool) -> dict[str, Any]:
 
 
 def openvino_config(weight_format: str, prefill_only: bool, quantization: dict[str, Any], pieces: int,
-                    src: Path, storage_format: str, drafter: dict[str, Any] | None = None) -> dict[str, Any]:
+                    src: Path, storage_format: str, drafter: dict[str, Any] | None = None,
+                    identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """openvino_config.json: the same keys for every export (`drafter`: null, or what `drafter_record`
-    says)."""
+    says; `identity`: what the export was made from, `export/identity.py`)."""
     return {
         "dtype": weight_format,
         "ir": "prefill-only" if prefill_only else "stateful",
@@ -69,6 +70,8 @@ def openvino_config(weight_format: str, prefill_only: bool, quantization: dict[s
         "pieces": pieces,
         "source": {"path": str(src), "storage_format": storage_format},
         "drafter": drafter,
+        "export_key": identity["key"] if identity else None,
+        "identity": identity,
     }
 
 

@@ -52,6 +52,9 @@ class ExportOptions:
     whole: bool = False
     drafter: str = NO_DRAFTER
     jobs: int | None = None
+    dataset: str | None = None  # data-aware int4 (`compress/calibrate.py`): "corpus" or a .txt/.jsonl file
+    num_samples: int | None = None  # calibration windows (default calibrate.DEFAULT_SAMPLES)
+    scale_estimation: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", Path(self.src))
@@ -62,6 +65,9 @@ class ExportOptions:
             raise ValueError(f"--jobs {self.jobs}: at least 1")
         if self.drafter not in DRAFTERS:
             raise ValueError(f"--drafter {self.drafter}: choose one of {', '.join(DRAFTERS)}")
+        if self.num_samples is not None and (self.dataset is None or self.num_samples < 1):
+            raise ValueError(f"--num-samples {self.num_samples}: " + ("a positive number of calibration windows"
+                                                                     if self.dataset else "only with --dataset"))
         if self.prefill_only and self.drafter in (MTP, DSPARK):
             raise ValueError(f"--drafter {self.drafter} needs the stateful IR (the drafter keeps state); not "
                              "with --prefill-only")
@@ -99,10 +105,26 @@ class ExportOptions:
                 self.group_size_fallback, self.head_precision)
         if self.native:
             check_native_options(*nncf)
-        opts = CompressionOptions("fp32" if self.native else self.weight_format, *nncf)
+        if self.dataset is not None and self.weight_format != "int4":
+            raise ValueError(f"--dataset applies to int4 (NNCF's data-aware 4-bit algorithms), not "
+                             f"{self.weight_format}")
+        if self.scale_estimation and self.dataset is None:
+            raise ValueError("--scale-estimation is data-aware: it needs --dataset")
+        opts = CompressionOptions("fp32" if self.native else self.weight_format, *nncf,
+                                  scale_estimation=self.scale_estimation)
         opts.validate()
         return opts
 
+    @property
+    def samples(self) -> int:
+        """Calibration windows of a data-aware export."""
+        from deepseek_v4_ov.compress.calibrate import DEFAULT_SAMPLES
+
+        return self.num_samples or DEFAULT_SAMPLES
+
     def quantization_config(self) -> dict[str, Any]:
         """The resolved compression options as openvino_config.json records them."""
-        return {"weight_format": NATIVE} if self.native else self.compression().resolved()
+        if self.native:
+            return {"weight_format": NATIVE}
+        data = {"dataset": self.dataset, "num_samples": self.samples} if self.dataset else {}
+        return {**self.compression().resolved(), **data}

@@ -37,6 +37,7 @@ import torch
 from deepseek_v4_ov.checkpoint.dryrun import CPU_EXPANSION, Projection, project, size_text, unit_of
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
+from deepseek_v4_ov.compress.calibrate import Calibration, check_dataset, samples
 from deepseek_v4_ov.compress.policy import (
     PRIMARY, CompressionOptions, GroupPrecision, format_report, precision_report, target_of,
 )
@@ -45,6 +46,7 @@ from deepseek_v4_ov.convert.pieces import HEAD, convert_piece, drafter_plan, pla
 from deepseek_v4_ov.convert.stateful import TAPS
 from deepseek_v4_ov.convert.stitch import hashes_path, save_piece, stitch
 from deepseek_v4_ov.export import memory
+from deepseek_v4_ov.export.identity import identity, options_record, source_digest
 from deepseek_v4_ov.export.folder import (
     DRAFTER_BIN, DRAFTER_XML, GENERATION_CONFIG, IR_BIN, IR_XML, drafter_record, has_tokenizer, openvino_config,
     tokenizer_only, write_folder,
@@ -114,6 +116,11 @@ def validate(opts: ExportOptions) -> Checkpoint:
         raise CheckpointError(_one_line(err)) from err
     opts, _ = resolve(opts, checkpoint)
     compression = opts.compression()
+    if opts.dataset is not None:
+        if not has_tokenizer(src):
+            raise CheckpointError(f"--dataset {opts.dataset}: SRC {src} has no tokenizer (tokenizer.json) to encode "
+                                  "the calibration text with")
+        check_dataset(opts.dataset)
     drafter_of(opts, checkpoint)
     if opts.native and checkpoint.fmt != "fp8":
         raise CheckpointError(f"{src}: --weight-format native needs a checkpoint in the release layout (FP8/FP4 "
@@ -202,8 +209,9 @@ def check_cpu_memory(projection: Projection) -> None:
 
 
 def check_jobs(opts: ExportOptions, projection: Projection) -> None:
-    """Refuse `--jobs N` where N pieces' projected peak exceeds the available memory."""
-    if opts.jobs is None or opts.jobs == 1:
+    """Refuse `--jobs N` where N pieces' projected peak exceeds the available memory (not with `--dataset`:
+    a data-aware export converts one piece at a time)."""
+    if opts.jobs is None or opts.jobs == 1 or opts.dataset is not None:
         return
     need, free = opts.jobs * projection.peak_bytes, memory.available_bytes()
     if need > free:
@@ -245,12 +253,18 @@ class Progress:
 
 
 def convert_one(checkpoint: Checkpoint, opts: ExportOptions, compression: CompressionOptions, units: list[str],
-                first: bool, taps: bool, path: Path) -> tuple[dict[str, GroupPrecision], float, float]:
+                first: bool, taps: bool, path: Path, calibration: Calibration | None = None
+                ) -> tuple[dict[str, GroupPrecision], float, float]:
     """One piece traced, bound and saved at `path`; its precision report, the process's peak RSS (MB) so
-    far and the seconds it took."""
+    far and the seconds it took. With `calibration` (data-aware, the target's pieces in order): bound in
+    FP32, compressed on its inputs over the calibration windows and run to give the next piece's inputs."""
     start = time.perf_counter()
     m = convert_piece(checkpoint.config, units, first_stateful=first, prefill_only=opts.prefill_only, taps=taps)
-    bind_weights(m, checkpoint, compression, native=opts.native)
+    if calibration is not None:
+        bind_weights(m, checkpoint)
+        calibration.compress(m, compression)
+    else:
+        bind_weights(m, checkpoint, compression, native=opts.native)
     report = precision_report(m)
     save_piece(m, path)
     del m
@@ -274,14 +288,16 @@ def _convert_in_worker(units: list[str], first: bool, taps: bool, path: Path):
 
 
 def convert_pieces(checkpoint: Checkpoint, opts: ExportOptions, compression: CompressionOptions,
-                   tasks: list[tuple[list[str], bool, bool, Path]], jobs: int
+                   tasks: list[tuple[list[str], bool, bool, Path]], jobs: int,
+                   calibration: Calibration | None = None
                    ) -> Iterator[tuple[int, tuple[dict[str, GroupPrecision], float, float]]]:
     """(index, `convert_one`'s result) of every task (units, first, taps, path) as it finishes: in this
-    process one after another with `jobs` 1, else `jobs` worker processes (spawned: no fork of a threaded
-    runtime), each killed with this one."""
-    if jobs == 1:
+    process one after another with `jobs` 1 or a `calibration` (data-aware: each piece's outputs feed the
+    next, so in order), else `jobs` worker processes (spawned: no fork of a threaded runtime), each killed
+    with this one."""
+    if jobs == 1 or calibration is not None:
         for k, task in enumerate(tasks):
-            yield k, convert_one(checkpoint, opts, compression, *task)
+            yield k, convert_one(checkpoint, opts, compression, *task, calibration=calibration)
         return
     threads = max(1, memory.cores() // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
@@ -333,11 +349,20 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
     log(f"      {checkpoint.fmt} checkpoint, {config.num_hidden_layers} layers, {config.n_routed_experts} experts, "
         f"vocab {config.vocab_size}")
     log(f"      projected {projection.describe()}{chosen}")
+    ident = identity(source_digest(opts.src), options_record(opts))
+    log(f"      export key {ident['key']} (source {ident['source_digest'][:12]}, {ident['code_version']})")
     compression, quantization = opts.compression(), opts.quantization_config()
+    # data-aware: the calibration windows are encoded (and checked) before any conversion
+    calibration = Calibration(samples(opts.dataset, opts.src, opts.samples)) if opts.dataset else None
     pieces = plan(config, whole=opts.whole)
     drafter = drafter_of(opts, checkpoint)
     kind = "prefill-only" if opts.prefill_only else "stateful"
     jobs = jobs_of(opts, projection, len(pieces))
+    if calibration is not None and jobs != 1:
+        log(f"      data-aware (--dataset): the pieces run one at a time in this process, in order (each piece's "
+            f"outputs on the calibration windows feed the next), not {jobs} at once" + (" (--jobs ignored)" if
+                                                                                      opts.jobs else ""))
+        jobs = 1
     log(f"      {jobs} piece(s) at once ({memory.cores()} cores): projected peak {size_text(jobs * projection.peak_bytes)} "
         f"({size_text(projection.peak_bytes)} per piece) of {size_text(memory.available_bytes())} available")
     precision: dict[str, GroupPrecision] = {}
@@ -349,11 +374,14 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
 
         def convert(pieces: list[list[str]], name: str, taps: bool) -> list[Path]:
             """Each piece traced, bound and saved into `work` (the target's head piece with `drafter_taps`
-            when `taps`), `jobs` at a time."""
+            when `taps`), `jobs` at a time; data-aware (`calibration`), the target's pieces in order in this
+            process, each compressed on its own inputs and run to feed the next (`compress/calibrate.py`)."""
             paths = [work / f"{name}{k:04d}.xml" for k in range(len(pieces))]
             tasks = [(units, k == 0, taps, paths[k]) for k, units in enumerate(pieces)]
             progress = Progress([piece_bytes(checkpoint, units) for units in pieces], log)
-            for k, (report, peak_mb, seconds) in convert_pieces(checkpoint, opts, compression, tasks, jobs):
+            calibrate = calibration if name == "" else None  # the drafter's pieces: data-free
+            for k, (report, peak_mb, seconds) in convert_pieces(checkpoint, opts, compression, tasks, jobs,
+                                                                calibrate):
                 for g, p in report.items():
                     precision.setdefault(g, GroupPrecision()).add(p)
                 units = pieces[k]
@@ -382,7 +410,7 @@ def run(opts: ExportOptions, log: Callable[[str], None] | None = None) -> Export
         with stage("write", f"{opts.output} (atomically)"):
             write_folder(tmp, opts.src, config,
                          openvino_config(opts.weight_format, opts.prefill_only, quantization, len(pieces), opts.src,
-                                         checkpoint.fmt, record),
+                                         checkpoint.fmt, record, ident),
                          tokenizer)
     files = {p.name: p.stat().st_size for p in sorted(opts.output.iterdir()) if p.is_file()}
     result = ExportResult(opts.output, files, precision, times, memory.peak_rss_mb(), projection)

@@ -139,6 +139,21 @@ def heldout_text() -> str:
     return HELDOUT_TXT.read_text()
 
 
+def training_text() -> str:
+    """The trained toys' training corpus as this machine has it: the standard-library files corpus.json lists
+    as training files (never the held-out ones), read from this interpreter's standard library, in order
+    (`export --dataset corpus` calibrates on it)."""
+    from toy.train import read_source, stdlib_root
+
+    root = stdlib_root()
+    files = json.loads((HERE / "corpus.json").read_text())["train_files"]
+    present = [rel for rel in files if (root / rel).is_file()]
+    if not present:
+        raise ValueError(f"--dataset corpus: none of the {len(files)} training files of toy/trained/corpus.json "
+                         f"is in this interpreter's standard library {root}")
+    return "".join(read_source(root, rel) for rel in present)
+
+
 def heldout_ids(tokenizer) -> list[int]:
     """The held-out sample encoded with `tokenizer` (bos first)."""
     return tokenizer(heldout_text(), verbose=False)["input_ids"]  # longer than model_max_length on purpose
