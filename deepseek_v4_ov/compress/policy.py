@@ -42,7 +42,8 @@ which experts run (a flipped top-k is a different computation, not a small error
 a Sinkhorn normalisation, and the compressor/indexer weights pick which compressed entries attention sees;
 all are tiny (~0.3 % of V4-Flash) and the release's authors kept them in 16/32 bit. 4 bit goes where the
 release already uses 4 bit; the FP8 tensors get 8 bit. `fp32` leaves everything in f32.
-The one departure: the LM head (BF16 in the release) is INT8 per output channel by default, because
+The departures: the compressors' large BF16 matrices take 8 bit (`LARGE_BF16`: read every token, and run as
+f32 by the CPU plugin when left in f16), and the LM head (BF16 in the release) is INT8 per output channel by default, because
 batch-1 decode reads all of it every token (V4-Flash: 1.06 GB in f16, 0.53 GB in INT8) and the CPU
 plugin runs the f16 head at well under the memory bandwidth (`benchmarks/layer_types.py` forms: head
 f16 vs int8); `head_precision="f16"` (`--head-precision f16`) keeps the release's 16 bits, and
