@@ -13,5 +13,5 @@ mkdir "$tmp/ov" && python3 -m zipfile -e "$tmp"/openvino-*.whl "$tmp/ov"
 rm -f "$tmp"/ov/openvino/libs/libopenvino_intel_{gpu,npu}_plugin.so "$tmp"/ov/openvino/libs/cache.json \
   "$tmp"/ov/openvino/libs/libopenvino_{tensorflow,tensorflow_lite,paddle,onnx,jax,gguf}_frontend.so.*
 # the Python frontends and openvino.tools (ovc: convert_model) stay: small, imported by convert_model
-tar cJf .whl/ov-stripped.tar.xz -C "$tmp/ov" .
+XZ_OPT="-T0 -4" tar cJf .whl/ov-stripped.tar.xz -C "$tmp/ov" .
 ls -la .whl
