@@ -472,7 +472,7 @@ class Attention(nn.Module):
         state: dict[str, torch.Tensor],
         prefix: str,
     ) -> torch.Tensor:
-        batch, seq, _ = x.shape
+        batch = x.shape[0]
         rot = rope(positions)
         qr, q = self.queries(x, rot)
         kv = self.kv_rows(x, rot)
