@@ -23,10 +23,12 @@ def model():
 
 
 def compressed_constants(ov_model) -> dict[tuple[str, str], list[bytes]]:
-    """Every compressed weight constant (values, scales, zero points) by official name and part."""
+    """Every compressed weight constant (values, scales, zero points) by official name and part. f32 and the
+    integer index constants a module's ops make (slice bounds, gather indices: `resolve` names them after the
+    module, and the whole-model trace and a piece's trace may fold them differently) are not weights."""
     out: dict[tuple[str, str], list[bytes]] = {}
     for wc in weight_constants(ov_model):
-        if wc.name is None or wc.node.get_output_element_type(0).get_type_name() == "f32":
+        if wc.name is None or wc.node.get_output_element_type(0).get_type_name() in ("f32", "i32", "i64"):
             continue
         out.setdefault((wc.name, wc.part), []).append(wc.node.get_data().tobytes())
     return {k: sorted(v) for k, v in out.items()}
