@@ -35,8 +35,8 @@ PYTEST_ARGS ?=
 MAIN_DEPS := pyproject.toml requirements/main.lock requirements/optimum-intel.txt
 REF_DEPS := requirements/ref.txt requirements/ref.lock
 # setuptools' editable finder freezes the list of top-level packages at install
-# time, so re-run `pip install -e` when one of them appears (toy/, export/).
-PKG_INITS := $(wildcard deepseek_v4_ov/__init__.py toy/__init__.py export/__init__.py)
+# time, so re-run `pip install -e` when that list changes.
+PKG_INITS := $(wildcard deepseek_v4_ov/__init__.py)
 
 .PHONY: setup test demo lock clean
 

@@ -139,8 +139,8 @@ def ensure_toy(workdir: Path, preset: str, fmt: str, seed: int = 0) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from pathlib import Path\n"
-            "from toy.presets import PRESETS\n"
-            "from deepseek_v4_ov.checkpoint.toy import write_toy\n"
+            "from deepseek_v4_ov.toys.presets import PRESETS\n"
+            "from deepseek_v4_ov.toys.writer import write_toy\n"
             "write_toy(Path(%r), PRESETS[%r], %d, fmt=%r, max_shard_bytes=2 << 30, overwrite=True)\n"
             ) % (str(ROOT), str(folder), preset, seed, fmt)
     rc, wall, rss, out = run_child([python_main(), "-c", code])

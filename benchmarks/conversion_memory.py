@@ -13,7 +13,7 @@ Each slice is a synthetic release-layout checkpoint (FP8 linears, FP4 experts, E
 of the `mid` preset (hidden 4096, 64 heads of 512, experts 2048 wide, vocabulary 129,280) with one layer of
 the given compress ratio (0 sliding, 4 CSA, 128 HCA) and `--experts` routed experts, written unit by unit
 so that writing it needs no more memory than converting it. Each export is the default command
-(`python -m export --model SLICE OUT --weight-format F`) in a fresh process; its peak RSS is that process's
+(`python -m deepseek_v4_ov export --model SLICE OUT --weight-format F`) in a fresh process; its peak RSS is that process's
 ru_maxrss (os.wait4), its per-piece times come from the export's own log. A `seed` toy export gives the
 runtime's own footprint (torch + OpenVINO + NNCF loaded) that the conversion peak is compared with.
 
@@ -52,7 +52,7 @@ STAGE_RE = re.compile(r"^\s+(\w+) done in ([\d.]+)s", re.M)
 
 
 def slice_preset(ratios: list[int], experts: int) -> dict:
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     preset = copy.deepcopy(PRESETS["mid"])
     preset.update(num_hidden_layers=len(ratios), compress_ratios=list(ratios), n_routed_experts=experts,
@@ -127,10 +127,10 @@ def write_synthetic(folder: Path, preset: dict, seed: int = 0) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from deepseek_v4_ov.checkpoint.dryrun import unit_of
+    from deepseek_v4_ov.export.plan import unit_of
     from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, INDEX_NAME
     from deepseek_v4_ov.checkpoint.release import logical_tensors, stored_entries
-    from deepseek_v4_ov.checkpoint.toy import official_config_dict
+    from deepseek_v4_ov.toys.writer import official_config_dict
     from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
     config = DeepseekV4Config(**preset)
@@ -178,7 +178,7 @@ def ensure_slice(workdir: Path, ratios: int | list[int], experts: int, overrides
 
 
 def export_measured(src: Path, out: Path, fmt: str, keep: bool = False, jobs: int | None = None) -> dict:
-    cmd = [python_main(), "-m", "export", "--model", str(src), str(out), "--weight-format", fmt,
+    cmd = [python_main(), "-m", "deepseek_v4_ov", "export", "--model", str(src), str(out), "--weight-format", fmt,
            "--disable-convert-tokenizer", "--overwrite", *(["--jobs", str(jobs)] if jobs else [])]
     rc, wall, peak_gb, output = run_tree(cmd)
     if rc != 0:
@@ -222,8 +222,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     baseline_src = args.workdir / "seed-fp8"
     if not (baseline_src / "config.json").is_file():
-        code = ("import sys; sys.path.insert(0, %r)\nfrom toy.presets import PRESETS\n"
-                "from deepseek_v4_ov.checkpoint.toy import write_toy\n"
+        code = ("import sys; sys.path.insert(0, %r)\nfrom deepseek_v4_ov.toys.presets import PRESETS\n"
+                "from deepseek_v4_ov.toys.writer import write_toy\n"
                 "write_toy(%r, PRESETS['seed'], 0, fmt='fp8', overwrite=True)\n") % (str(Path(__file__).parents[1]),
                                                                                   str(baseline_src))
         rc, _, _, out = run_child([python_main(), "-c", code])

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 from deepseek_v4_ov.convert.pieces import convert_model  # noqa: E402
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
-from deepseek_v4_ov.checkpoint.toy import build_toy_model  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.toys.writer import build_toy_model  # noqa: E402
+from deepseek_v4_ov.toys.presets import PRESETS  # noqa: E402
 
 CONTEXTS = (128, 1024, 4096)
 EXPERTS = (8, 64, 256)

@@ -407,7 +407,7 @@ def main_run(args) -> int:
             if args.reuse and (irs[(ratio, layers)] / "openvino_model.xml").is_file():
                 bg.start(f"export r{ratio} L{layers}", ["true"], args.workdir / f"reused-r{ratio}-L{layers}.log")
                 continue
-            bg.start(f"export r{ratio} L{layers}", [python_main(), "-m", "export", "--model", str(view),
+            bg.start(f"export r{ratio} L{layers}", [python_main(), "-m", "deepseek_v4_ov", "export", "--model", str(view),
                      str(irs[(ratio, layers)]), "--weight-format", "int4", "--disable-convert-tokenizer",
                      "--overwrite"], args.workdir / f"export-r{ratio}-L{layers}.log")
     log(f"{len(bg.procs)} export(s) started")
@@ -599,7 +599,7 @@ def check(args) -> int:
     from transformers import PreTrainedTokenizerFast
 
     from deepseek_v4_ov.checkpoint.release import load_model
-    from toy.trained import heldout_text
+    from deepseek_v4_ov.toys.trained import heldout_text
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(toy))
     text = heldout_text()

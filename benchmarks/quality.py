@@ -7,7 +7,7 @@ users' terms, and the default 4-bit recipe chosen from it.
 
 Per model (written in the release layout: FP4 experts, FP8 linears) and variant (`parity.variant`:
 `int4:asym:g32`, `int4:head-f16`, ...), `parity.run` on CPU (FP32 inference hint) over `--prompts` windows
-of `--prompt-length` tokens of held-out Python source (toy/trained/heldout.txt, never trained on),
+of `--prompt-length` tokens of held-out Python source (deepseek_v4_ov/toys/data/heldout.txt, never trained on),
 teacher-forced: mean and 99th-percentile KL divergence to the port (nats), same-top-1 share, perplexity and
 its change, the greedy prefix of `--new-tokens` as a secondary column, the IR's size and its export key.
 Exports are kept in --workdir and reused only while their export key is this run's. Speed beside it: the
@@ -95,7 +95,7 @@ def export_cost(folder: Path, work: Path, spec: str) -> dict:
 
 
 def measure(args) -> dict:
-    from toy.trained import write_trained_toy
+    from deepseek_v4_ov.toys.trained import write_trained_toy
 
     from deepseek_v4_ov.eval import parity
 

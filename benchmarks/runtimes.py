@@ -6,7 +6,7 @@ DeepSeek-V4 vs the prefill-only IR re-run per token, side by side in one run.
         --prefill-formats int4 --prefill-hints default --prefill-new 4 --repeats 2   # needs ~35 GB RAM
 
 What runs (each row in its own process, so each has its own peak RSS and none inherits another's memory):
-  * a random toy of the preset (`deepseek_v4_ov.checkpoint.toy.write_toy`, seed 0) in `--workdir`, exported once per
+  * a random toy of the preset (`deepseek_v4_ov.toys.writer.write_toy`, seed 0) in `--workdir`, exported once per
     format (`exporter.export`, stateful and prefill-only); existing exports there are reused unless
     `--fresh`;
   * `PyTorch port`: `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True, dtype=float32)`,
@@ -127,7 +127,7 @@ def run_row(label: str, cmd: list[str], notes: str, save=None) -> dict[str, Any]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--preset", default="seed", help="toy preset (toy/presets.py): seed, mid, full")
+    ap.add_argument("--preset", default="seed", help="toy preset (deepseek_v4_ov/toys/presets.py): seed, mid, full")
     ap.add_argument("--formats", nargs="+", default=["fp32", "int8", "int4"])
     ap.add_argument("--prefill-formats", nargs="*", default=None,
                     help="formats for the prefill-only re-run rows (default: --formats; none: skip)")

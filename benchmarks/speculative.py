@@ -9,7 +9,7 @@ run, side by side.
 The trained toy is written and exported three times (the plain target; with its MTP drafter, `export
 --drafter mtp`; in the -0731 layout with its DSpark drafter, `export --drafter dspark`) into --workdir, reused
 when present. Prompts are windows of held-out Python source
-(toy/trained/heldout.txt, never trained on). Each (repeat, prompt) runs plain, then MTP, then DSpark decoding,
+(deepseek_v4_ov/toys/data/heldout.txt, never trained on). Each (repeat, prompt) runs plain, then MTP, then DSpark decoding,
 back to back, after one unmeasured warm-up of each; both give the same tokens (checked). Decode tokens/s
 counts the tokens after the first over the time after it (`runtime/generate.py`). The table gives the median
 over all runs of each mode, the best run of each, the median of the per-run ratios, the same on CPU time
@@ -40,7 +40,7 @@ from _common import (ensure_export, machine, machine_line, python_main, replace_
 from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer  # noqa: E402
 from deepseek_v4_ov.runtime.generate import Generator  # noqa: E402
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
-from toy.trained import heldout_windows  # noqa: E402
+from deepseek_v4_ov.toys.trained import heldout_windows  # noqa: E402
 
 PRESET = "trained-full"
 

@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from deepseek_v4_ov.checkpoint.toy import DRAFTERS, FORMATS
+from deepseek_v4_ov.toys.writer import DRAFTERS, FORMATS
 
 
 def add_toy(sub: argparse._SubParsersAction) -> None:
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     p = sub.add_parser("toy", help="write a toy checkpoint in the official release layout (random weights, or "
                                    "the trained presets `trained` and `trained-full`)")
@@ -32,11 +32,11 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
 
 
 def run_toy(args: argparse.Namespace) -> None:
-    from toy.presets import PRESETS, TRAINED_PRESETS
+    from deepseek_v4_ov.toys.presets import PRESETS, TRAINED_PRESETS
 
-    from toy.trained import check_drafter
+    from deepseek_v4_ov.toys.trained import check_drafter
 
-    from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
+    from deepseek_v4_ov.toys.writer import toy_config, write_toy
 
     start = time.perf_counter()
     if args.preset in TRAINED_PRESETS:  # every check before the first line of output
@@ -50,7 +50,7 @@ def run_toy(args: argparse.Namespace) -> None:
     sets = "".join(f" {item}" for item in args.sets) + (f" --drafter {args.drafter}" if args.drafter else "")
     print(f"writing toy '{args.preset}'{sets} (seed {args.seed}, {args.format}) to {args.output}")
     if args.preset in TRAINED_PRESETS:
-        from toy.trained import write_trained_toy
+        from deepseek_v4_ov.toys.trained import write_trained_toy
 
         model = write_trained_toy(args.output, args.preset, args.format, overwrite=args.overwrite,
                                   drafter=args.drafter)
@@ -145,7 +145,7 @@ def run_export(args: argparse.Namespace) -> None:
 def dry_run_export(opts, check_output: bool) -> None:
     """`export --dry-run`: the checkpoint's table, then this export's projection (and, with OUTPUT, the
     disk check the export would make)."""
-    from deepseek_v4_ov.checkpoint.dryrun import dry_run, size_text
+    from deepseek_v4_ov.export.plan import dry_run, size_text
     from deepseek_v4_ov.checkpoint.release import check_folder
     from deepseek_v4_ov.export.pipeline import check_cpu_memory, check_disk, projection_of, resolve
 
@@ -249,7 +249,7 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-source", choices=("heldout", "random"), default="heldout",
-                   help="heldout: windows of held-out Python source (toy/trained/heldout.txt, never trained on); "
+                   help="heldout: windows of held-out Python source (deepseek_v4_ov/toys/data/heldout.txt, never trained on); "
                         "random: seeded random token ids")
     p.add_argument("--prompt-length", type=int, default=None,
                    help="tokens per prompt (default: lengths from past the window to past two ratio-128 boundaries)")

@@ -1,4 +1,4 @@
-"""`make demo`: the main job on the trained toy (`toy/trained`, the `seed` geometry trained on Python source).
+"""`make demo`: the main job on the trained toy (`deepseek_v4_ov/toys/data`, the `seed` geometry trained on Python source).
 
 1. write the trained toy in the official release layout (FP4 experts, FP8 linears, E8M0 scales) with its
    tokenizer, and load it back with the release reader; check that cached decode reproduces full recompute;
@@ -31,7 +31,7 @@ def ir_megabytes(folder: Path) -> float:
 
 
 def main(workdir: Path) -> None:
-    from toy.trained import heldout_ids, heldout_windows, unigram_perplexity, write_trained_toy
+    from deepseek_v4_ov.toys.trained import heldout_ids, heldout_windows, unigram_perplexity, write_trained_toy
 
     from deepseek_v4_ov.checkpoint.release import load_model
     from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer

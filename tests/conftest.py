@@ -14,11 +14,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "training"))  # the training scripts, for the trained toys' tests
+sys.path.insert(0, str(ROOT / "benchmarks"))  # nncf_reference, the benchmarks' helpers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.toys.writer import write_toy  # noqa: E402
+from deepseek_v4_ov.toys.presets import PRESETS  # noqa: E402
 
 TOY_SEED = 0
 

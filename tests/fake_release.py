@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME  # noqa: E402
 from deepseek_v4_ov.checkpoint.release import expected_tensors  # noqa: E402
-from deepseek_v4_ov.checkpoint.toy import official_config_dict  # noqa: E402
+from deepseek_v4_ov.toys.writer import official_config_dict  # noqa: E402
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config, flash_compress_ratios  # noqa: E402
 
 RELEASE_DSPARK = {"dspark_block_size": 5, "dspark_noise_token_id": 128799, "dspark_target_layer_ids": [40, 41, 42],

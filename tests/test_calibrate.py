@@ -15,7 +15,7 @@ from deepseek_v4_ov.export.options import ExportOptions
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from toy.trained import write_trained_toy
+    from deepseek_v4_ov.toys.trained import write_trained_toy
 
     folder = tmp_path_factory.mktemp("calib") / "trained"
     write_trained_toy(folder, "trained", "fp8")
@@ -48,7 +48,7 @@ def test_short_or_malformed_files_are_named(trained, tmp_path):
 
 
 def test_builtin_corpus_is_training_text_not_heldout(trained):
-    from toy.trained import heldout_text, training_text
+    from deepseek_v4_ov.toys.trained import heldout_text, training_text
 
     windows = calibrate.samples(calibrate.BUILTIN, trained, 4)
     assert [w.shape for w in windows] == [(1, calibrate.SAMPLE_TOKENS)] * 4

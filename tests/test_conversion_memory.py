@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from conversion_memory import export_measured, write_synthetic  # noqa: E402
 
 from deepseek_v4_ov.checkpoint.release import load_model  # noqa: E402
-from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
+from deepseek_v4_ov.toys.writer import write_toy  # noqa: E402
 from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with  # noqa: E402
 from deepseek_v4_ov.convert.pieces import convert_model  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.toys.presets import PRESETS  # noqa: E402
 from test_weights import compressed_constants  # noqa: E402
 
 import openvino as ov  # noqa: E402

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from deepseek_v4_ov import cli
-from deepseek_v4_ov.checkpoint.dryrun import dry_run
+from deepseek_v4_ov.export.plan import dry_run
 from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, CheckpointError
 from deepseek_v4_ov.checkpoint.release import Checkpoint, load_model, load_state_dict, logical_tensors
-from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
+from deepseek_v4_ov.toys.writer import toy_config, write_toy
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP, DeepseekV4Config
 from fake_release import release_config, write_release, write_sparse_release
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

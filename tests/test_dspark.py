@@ -20,7 +20,7 @@ from deepseek_v4_ov.model.configuration_deepseek_v4 import SLIDING, DeepseekV4Co
 from deepseek_v4_ov.model.modeling_deepseek_v4 import (
     DeepseekV4ForCausalLM, HcHead, rms_normalize, rope_inv_freq,
 )
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 TOL = 2e-5  # FP32 throughout; the reference sums in another order (loops vs einsum), logits are O(10)
 K = 5

@@ -28,9 +28,9 @@ from deepseek_v4_ov.compress.policy import (
     weight_constants,
 )
 from deepseek_v4_ov.checkpoint.release import check_folder, group_of, logical_tensors
-from deepseek_v4_ov.checkpoint.toy import write_toy
+from deepseek_v4_ov.toys.writer import write_toy
 from deepseek_v4_ov.export.options import ExportOptions
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 PUBLIC_MB = {"fp32": 6.33, "int8": 3.03, "int4": 2.71}  # the public seed toy's IR sizes (.bin + .xml)
 F32_HINT = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -210,9 +210,10 @@ def test_auto_options_checked_against_the_resolved_format(toy, tmp_path, capsys)
 
 
 def test_python_m_export_reports_one_line(toy, tmp_path):
-    """The `export` package entry point: exit code 2 and one stderr line, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "export", "--model", str(toy("seed")[0]), "--weight-format",
-                           "nf4", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """`python -m deepseek_v4_ov export`: exit code 2 and one stderr line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "deepseek_v4_ov", "export", "--model", str(toy("seed")[0]),
+                           "--weight-format", "nf4", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "deepseek-v4-ov export: error: unsupported weight format 'nf4'; choose one of fp32, fp16, int8, int4, mxfp4"]

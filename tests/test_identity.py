@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import deepseek_v4_ov
-from deepseek_v4_ov.checkpoint.toy import write_toy
+from deepseek_v4_ov.toys.writer import write_toy
 from deepseek_v4_ov.eval import parity
 from deepseek_v4_ov.eval.metrics import compare_logits
 from deepseek_v4_ov.export import identity, reuse
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 
 def test_source_digest_tells_two_toys_of_one_geometry_apart(tmp_path):

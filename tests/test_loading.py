@@ -99,8 +99,8 @@ def test_misshaped_tensor_is_named(toy, tmp_path):
 
 
 def test_toy_is_deterministic_and_not_degenerate(toy, tmp_path):
-    from deepseek_v4_ov.checkpoint.toy import write_toy
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.writer import write_toy
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     folder, model = toy("full")
     again = write_toy(tmp_path / "again", PRESETS["full"], seed=0, fmt="fp32")

@@ -26,8 +26,8 @@ from deepseek_v4_ov.checkpoint.layout import CheckpointReader  # noqa: E402
 from deepseek_v4_ov.compress.policy import precision_report  # noqa: E402
 from deepseek_v4_ov.checkpoint.release import BF16, FP4, FP8, check_folder, logical_tensors, scale_name, storage_class  # noqa: E402
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
-from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.toys.writer import write_toy  # noqa: E402
+from deepseek_v4_ov.toys.presets import PRESETS  # noqa: E402
 
 # Measured on `full` (FP32 inference on CPU): native IR vs the port, max |logit difference| 3.6e-6 with
 # logits of magnitude ~4, the same size as the FP32 IR's own difference from the port (FP32 accumulation

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deepseek_v4_ov import cli
-from deepseek_v4_ov.checkpoint.dryrun import RUNTIME_CONTEXT, decode_state_bytes, dry_run, project
+from deepseek_v4_ov.export.plan import RUNTIME_CONTEXT, decode_state_bytes, dry_run, project
 from deepseek_v4_ov.checkpoint.layout import INDEX_NAME, CheckpointError, CheckpointReader, read_config
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
@@ -23,10 +23,10 @@ from deepseek_v4_ov.checkpoint.release import (
     load_state_dict,
     logical_tensors,
 )
-from deepseek_v4_ov.checkpoint.toy import write_toy
+from deepseek_v4_ov.toys.writer import write_toy
 from deepseek_v4_ov.compress.policy import CompressionOptions
 from fake_release import write_sparse_release
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from conftest import prompt
 from deepseek_v4_ov.convert.pieces import Piece, convert_model, units_of
 from deepseek_v4_ov.convert.stateful import GUARD_NAME, INPUT_PREFIX, OUTPUT_PREFIX
 from deepseek_v4_ov.export.folder import IR_XML, openvino_config, write_folder
-from deepseek_v4_ov.checkpoint.toy import BUNDLED_FILES
+from deepseek_v4_ov.checkpoint.layout import BUNDLED_FILES
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
 
 TOL = 1e-4

@@ -16,9 +16,9 @@ import nncf_reference
 from conftest import ROOT
 from deepseek_v4_ov.checkpoint import layout
 from deepseek_v4_ov.compress import policy
-from deepseek_v4_ov.checkpoint.toy import write_toy
+from deepseek_v4_ov.toys.writer import write_toy
 from deepseek_v4_ov.export import pipeline
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

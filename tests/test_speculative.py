@@ -159,8 +159,8 @@ def test_refusals(toy, exported, runtime, tmp_path, capsys):
 def dspark_exported(tmp_path_factory):
     """The `full` geometry in the -0731 layout (3 DSpark stages tapping layers 3-5), exported piece by piece
     (so the taps travel from layer piece to layer piece) with its drafter, and as one piece without."""
-    from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.writer import toy_config, write_toy
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     root = tmp_path_factory.mktemp("dspark")
     model = write_toy(root / "toy", toy_config(PRESETS["full"], drafter="dspark"), seed=4, fmt="fp32")

@@ -13,6 +13,7 @@ import torch
 
 from conftest import greedy, prompt
 from deepseek_v4_ov.convert import static as static_cache
+from deepseek_v4_ov.runtime.static_lm import StaticCacheLM
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
 
 PROMPT, NEW = 300, 32
@@ -65,7 +66,7 @@ def test_ir_is_fully_static(ov_model, seed_model):
 
 def test_ir_on_cpu_matches_port_logits_and_greedy_tokens(ov_model, reference):
     ids, logits, tokens = reference
-    runner = static_cache.StaticCacheLM(ov_model, "CPU", dict(F32_CONFIG))
+    runner = StaticCacheLM(ov_model, "CPU", dict(F32_CONFIG))
     for _ in range(2):  # the second run starts from a reset state
         ov_logits, ov_tokens = runner.greedy(ids.numpy(), NEW)
         assert np.abs(ov_logits - logits.numpy()).max() <= 1e-4

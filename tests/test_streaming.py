@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 from conftest import prompt  # noqa: E402
 from deepseek_v4_ov import cli  # noqa: E402
 from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG, OVCausalLM  # noqa: E402
-from deepseek_v4_ov.checkpoint.toy import write_toy  # noqa: E402
-from toy.presets import PRESETS  # noqa: E402
+from deepseek_v4_ov.toys.writer import write_toy  # noqa: E402
+from deepseek_v4_ov.toys.presets import PRESETS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

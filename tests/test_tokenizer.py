@@ -11,17 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepseek_v4_ov.checkpoint.tokenizer import (
-    BOS_TOKEN,
-    EOS_TOKEN,
+from deepseek_v4_ov.checkpoint.tokenizer import BOS_TOKEN, EOS_TOKEN
+from deepseek_v4_ov.export.tokenizer import (
     OV_DETOKENIZER_XML,
     OV_TOKENIZER_XML,
     PARITY_TEXTS,
-    build_tokenizer,
     check_ov_parity,
     convert_tokenizer,
-    write_toy_tokenizer,
 )
+from deepseek_v4_ov.toys.tokenizer import build_tokenizer, write_toy_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = (*PARITY_TEXTS, "", " ", "a", "\x00\x7f control bytes \x1b[0m", "emoji 👩‍🚀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢")

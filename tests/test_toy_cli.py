@@ -9,8 +9,8 @@ import json
 import pytest
 
 from deepseek_v4_ov import cli
-from deepseek_v4_ov.checkpoint.toy import parse_set, toy_config
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.writer import parse_set, toy_config
+from deepseek_v4_ov.toys.presets import PRESETS
 
 
 def run_toy(*argv) -> int:

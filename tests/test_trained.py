@@ -1,7 +1,7 @@
-"""The trained toys (`toy/trained`, written by `toy/train.py`): shipped in the release layout, really trained,
+"""The trained toys (`deepseek_v4_ov/toys/data`, written by `training/train_toys.py`): shipped in the release layout, really trained,
 and the parity suite / GenAI on them.
 
-Held-out text is `toy/trained/heldout.txt`: standard-library files never trained on. Tolerances:
+Held-out text is `deepseek_v4_ov/toys/data/heldout.txt`: standard-library files never trained on. Tolerances:
 - "really trained": perplexity on held-out source at most 1/5 of a unigram model fitted on that very text
   (the unigram's best possible score there). Measured 9.79 vs 139.7 (14x) on 4x256 tokens; a model that
   learned nothing beyond token frequencies would sit near 1x, so 5x cannot pass by accident.
@@ -34,10 +34,18 @@ from deepseek_v4_ov.cli import main as cli_main
 from deepseek_v4_ov.checkpoint.release import load_model
 from deepseek_v4_ov.export.pipeline import export
 from deepseek_v4_ov.checkpoint.release import decode_release, encode_release, storage_format
-from deepseek_v4_ov.checkpoint.tokenizer import check_ov_parity, load_hf_tokenizer
-from toy import train
-from toy.presets import PRESETS
-from toy.trained import FOLDERS, HERE, build_model, heldout_windows, unigram_perplexity, write_trained_toy
+from deepseek_v4_ov.export.tokenizer import check_ov_parity
+from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer
+import train_toys as train
+from deepseek_v4_ov.toys.presets import PRESETS
+from deepseek_v4_ov.toys.trained import (
+    FOLDERS,
+    DATA,
+    build_model,
+    heldout_windows,
+    unigram_perplexity,
+    write_trained_toy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +68,7 @@ def trained_ir(trained_dir, tmp_path_factory):
 # Shipping: release layout, sizes, corpus split, QAT rounding == stored rounding
 # ------------------------------------------------------------------------------------------------------
 def test_shipped_files_fit_the_size_budget():
-    sizes = {p.relative_to(HERE).as_posix(): p.stat().st_size for p in HERE.rglob("*") if p.is_file()}
+    sizes = {p.relative_to(DATA).as_posix(): p.stat().st_size for p in DATA.rglob("*") if p.is_file()}
     assert max(sizes.values()) < 10e6, sizes  # no generated blob over 10 MB
     assert sum(sizes.values()) < 5e6, sum(sizes.values())  # "a few MB in the repository"
 
@@ -102,12 +110,12 @@ def test_qat_rounding_is_the_stored_rounding():
 
 
 def test_corpus_split_is_deterministic_and_disjoint():
-    corpus = json.loads((HERE / "corpus.json").read_text())
+    corpus = json.loads((DATA / "corpus.json").read_text())
     assert not set(corpus["train_files"]) & set(corpus["heldout_files"])
     assert all(train.is_held_out(f) for f in corpus["heldout_files"])
     assert not any(train.is_held_out(f) for f in corpus["train_files"])
     assert set(corpus["heldout_sample_files"]) <= set(corpus["heldout_files"])
-    text = (HERE / "heldout.txt").read_text()
+    text = (DATA / "heldout.txt").read_text()
     assert all(f"Lib/{f} " in text for f in corpus["heldout_sample_files"])
 
 
@@ -127,7 +135,7 @@ def test_mtp_block_predicts_two_ahead():
     model, _ = build_model("trained-full")
     from transformers import PreTrainedTokenizerFast
 
-    from toy.trained import TOKENIZER_JSON
+    from deepseek_v4_ov.toys.trained import TOKENIZER_JSON
 
     windows = heldout_windows(PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON)), 4, 256)
     acc = text_eval.mtp_accuracy(model, windows)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from deepseek_v4_ov.checkpoint.toy import build_toy_model
+from deepseek_v4_ov.toys.writer import build_toy_model
 import nncf_reference
 from deepseek_v4_ov.compress import policy, quantise, weights
 from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with, weight_constants
 from deepseek_v4_ov.convert.pieces import convert_model, convert_piece, units_of
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,19 @@ from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
 
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "model"  # the bundled pair
+BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_deepseek_v4.DeepseekV4Config",
+    "AutoModel": "modeling_deepseek_v4.DeepseekV4Model",
+    "AutoModelForCausalLM": "modeling_deepseek_v4.DeepseekV4ForCausalLM",
+}
+"""config.json's `auto_map`: every folder (toy or exported) ships the bundled pair for trust_remote_code."""
+
+
+def copy_bundled_code(folder: Path) -> None:
+    for name in BUNDLED_FILES:
+        shutil.copyfile(PACKAGE_DIR / name, folder / name)
 
 
 class CheckpointError(ValueError):

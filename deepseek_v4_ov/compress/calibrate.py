@@ -3,7 +3,7 @@
 each piece of the export with that piece's own activations on the calibration samples.
 
     dataset   `corpus`: the trained toys' own training corpus (the standard-library files that
-              toy/trained/corpus.json lists as training files, read from this interpreter's standard library;
+              deepseek_v4_ov/toys/data/corpus.json lists as training files, read from this interpreter's standard library;
               never the held-out text the parity suite measures on); or a file: `.txt` (one text) or `.jsonl`
               (one JSON object with a "text" field per line), for real models. Encoded with SRC's tokenizer.
     samples   `num_samples` windows of SAMPLE_TOKENS tokens, evenly spaced over the encoded text (one NNCF
@@ -51,7 +51,7 @@ def check_dataset(dataset: str) -> None:
 
 def _text(dataset: str) -> str:
     if dataset == BUILTIN:
-        from toy.trained import training_text
+        from deepseek_v4_ov.toys.trained import training_text
 
         return training_text()
     path = Path(dataset)
@@ -117,12 +117,10 @@ class Calibration:
     def advance(self, ov_model: ov.Model) -> None:
         """Run `ov_model` (FP32 hint, a fresh state per sample) and keep its outputs as the next inputs; not
         the head (the last piece: its logits feed nothing)."""
-        from deepseek_v4_ov.runtime.ov_lm import F32_CONFIG
-
         if any("logits" in port.get_names() for port in ov_model.outputs):
             return
 
-        compiled = ov.Core().compile_model(ov_model, "CPU", dict(F32_CONFIG))
+        compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # exact FP32
         for link, inputs in zip(self.links, self._inputs(ov_model)):
             out = compiled.create_infer_request().infer(inputs)
             for port, value in out.items():

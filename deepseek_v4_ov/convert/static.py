@@ -24,7 +24,7 @@ data-dependent shape). Zero states are the start of a sequence, as in the port.
     decoder = StaticDecoder(model, max_len)          # PyTorch reference of the static graph
     state = decoder.empty_state(); logits = decoder.step(ids[:, t : t + 1], state)
     ov_model = convert(model, max_len)               # stateful IR, input_ids [1, 1] -> logits [1, 1, V]
-    runner = StaticCacheLM(ov_model, "CPU", F32_CONFIG)   # OVCausalLM interface: prompt fed token by token
+    runner = StaticCacheLM(ov_model, "CPU", F32_CONFIG)   # runtime/static_lm.py: OVCausalLM's interface
 
 For NPU: compile the IR with `ov.Core().compile_model(ir, "NPU")`; `max_len` is the only setting (a
 prompt plus its response must fit; `StaticCacheLM` refuses more). Batch 1, one token per call.
@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from contextlib import contextmanager
-from pathlib import Path
 
-import numpy as np
 import openvino as ov
 import torch
 from openvino.passes import MakeStateful, Manager
@@ -50,7 +47,6 @@ from deepseek_v4_ov.model.modeling_deepseek_v4 import (
 )
 from deepseek_v4_ov.compress.policy import row_block_name
 from deepseek_v4_ov.convert.stateful import INPUT_PREFIX, OUTPUT_PREFIX, make_topk_stable, name_ports
-from deepseek_v4_ov.runtime.ov_lm import OVCausalLM, read_ir
 
 POSITION = "position"
 RT_INFO_KEY = ["deepseek_v4_static", "max_len"]
@@ -177,31 +173,3 @@ def _name_folded_weights(ov_model: ov.Model, model: DeepseekV4ForCausalLM) -> No
 
 def max_len_of(ov_model: ov.Model) -> int:
     return int(ov_model.get_rt_info(RT_INFO_KEY).astype(str))
-
-
-class StaticCacheLM(OVCausalLM):
-    """The static stateful IR behind `OVCausalLM`'s interface: a prompt `[1, S]` is fed one token per
-    call (the logits of every position come back, or of the last `keep`), decode is one call per token; `max_len` bounds
-    prompt + response."""
-
-    def __init__(self, model: ov.Model | str | Path, device: str = "CPU", config: dict | None = None,
-                 core: ov.Core | None = None) -> None:
-        core = core or ov.Core()
-        model = read_ir(model, core)
-        self.max_len = max_len_of(model)
-        super().__init__(model, device, config, core)
-
-    def __call__(self, input_ids: np.ndarray, keep: int | None = None) -> np.ndarray:
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        batch, seq = input_ids.shape
-        if batch != 1:
-            raise ValueError(f"the static-shape model runs batch 1, got {batch}")
-        if self.past + seq > self.max_len:
-            raise ValueError(f"{self.past} + {seq} tokens exceed the static model's capacity max_len={self.max_len}")
-        out, start = [], time.perf_counter()
-        for t in range(seq):
-            self.request.infer({"input_ids": input_ids[:, t : t + 1]})
-            out.append(np.array(self.request.get_tensor("logits").data, dtype=np.float32))
-        self.last_s = time.perf_counter() - start
-        self.past += seq
-        return np.concatenate(out[-keep:] if keep else out, 1)

@@ -38,6 +38,7 @@ import openvino as ov
 import torch
 
 from deepseek_v4_ov.convert import static as static_cache
+from deepseek_v4_ov.runtime.static_lm import StaticCacheLM
 from deepseek_v4_ov.eval import text_eval
 from deepseek_v4_ov.eval.metrics import agreeing_prefix, compare_logits, prompt_set
 from deepseek_v4_ov.export.identity import OV_CONFIG_NAME, identity, recorded, source_digest, why_stale
@@ -228,7 +229,7 @@ def run(
 ) -> tuple[list[Cell], dict]:
     """Export, run and compare; return the cells and run metadata.
 
-    `model_dir` None: the trained toy (`toy/trained`, release layout) written to `workdir/trained`.
+    `model_dir` None: the trained toy (`deepseek_v4_ov/toys/data`, release layout) written to `workdir/trained`.
     `weight_formats`: variants `FORMAT[:OPTION...]` (`variant`). `prompt_source` "random": seeded random
     ids crossing the window and two ratio-128 boundaries; "heldout": windows of the shipped held-out Python
     source (never trained on), encoded with the model's own tokenizer. `prompt_length` fixes every prompt's
@@ -246,7 +247,7 @@ def run(
     if prompt_source not in ("random", "heldout"):
         raise ValueError(f"prompt_source {prompt_source!r}: choose 'random' or 'heldout'")
     if model_dir is None:
-        from toy.trained import write_trained_toy
+        from deepseek_v4_ov.toys.trained import write_trained_toy
 
         model_dir = workdir / "trained"
         if not (model_dir / "config.json").is_file():
@@ -299,7 +300,7 @@ def run(
                     static = static or static_model(model, spec, static_len, workdir, source, log)
                     cell.ir, cell.export_key = str(static[0]), static[1]
                     irs[spec]["static"], irs[spec]["static_key"] = cell.ir, cell.export_key
-                    runner = static_cache.StaticCacheLM(static[0], base, cfg)
+                    runner = StaticCacheLM(static[0], base, cfg)
                 else:
                     runner = OVCausalLM(stateful, base, cfg)
                 run_cell(runner, ref, new_tokens, cell)

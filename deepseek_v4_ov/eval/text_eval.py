@@ -59,9 +59,9 @@ def mtp_accuracy(model, prompts: list[torch.Tensor]) -> dict | None:
 
 
 def heldout_prompts(model_dir: Path, count: int, length: int) -> list[torch.Tensor]:
-    """`count` windows of `length` tokens of the shipped held-out Python source (`toy/trained/heldout.txt`),
+    """`count` windows of `length` tokens of the shipped held-out Python source (`deepseek_v4_ov/toys/data/heldout.txt`),
     encoded with `model_dir`'s own tokenizer."""
-    from toy.trained import heldout_windows
+    from deepseek_v4_ov.toys.trained import heldout_windows
 
     from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME
 from deepseek_v4_ov.checkpoint.release import STORAGE_ONLY_KEYS
-from deepseek_v4_ov.checkpoint.toy import AUTO_MAP, BUNDLED_FILES, PACKAGE_DIR
+from deepseek_v4_ov.checkpoint.layout import AUTO_MAP, BUNDLED_FILES, PACKAGE_DIR
 from deepseek_v4_ov.export.identity import OV_CONFIG_NAME
 
 IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
@@ -95,7 +95,7 @@ def write_folder(folder: Path, src: Path, config, ov_config: dict[str, Any], tok
         GenerationConfig.from_model_config(config).save_pretrained(folder)
     (folder / OV_CONFIG_NAME).write_text(json.dumps(ov_config, indent=2) + "\n")
     if tokenizer:
-        from deepseek_v4_ov.checkpoint.tokenizer import convert_tokenizer
+        from deepseek_v4_ov.export.tokenizer import convert_tokenizer
 
         with tokenizer_only(src) as tok:
             for name in TOKENIZER_FILES:

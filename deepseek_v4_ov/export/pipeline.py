@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from deepseek_v4_ov.checkpoint.dryrun import CPU_EXPANSION, Projection, project, size_text, unit_of
+from deepseek_v4_ov.export.plan import CPU_EXPANSION, Projection, project, size_text, unit_of
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
 from deepseek_v4_ov.compress.calibrate import Calibration, check_dataset, samples

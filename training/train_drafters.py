@@ -1,7 +1,7 @@
 """Train the drafters of `trained-full` on its frozen target: its MTP block (MTP-1) and a DSpark block drafter.
 
-    python -m toy.train drafters DATA --out RUN [--steps 400 --batch 32 --anchors 48 --device cuda]
-    python -m toy.train ship-drafters RUN        # into toy/trained/trained-full and trained-full-dspark
+    python training/train_drafters.py train DATA --out RUN [--steps 400 --batch 32 --anchors 48 --device cuda]
+    python training/train_drafters.py ship RUN        # into deepseek_v4_ov/toys/data/trained-full and trained-full-dspark
 
 The target (every non-`mtp.*` tensor of the shipped `trained-full`) is frozen; only the drafters learn, by
 distillation: each drafter's logits are fitted (cross-entropy with soft labels) to the target's own next-token
@@ -10,14 +10,14 @@ speculative decoding accepts: a draft is kept when it equals the target's argmax
 
 * MTP-1 (`mtp.0`, shipped weights as the start): for position t, the target's final streams at t and token
   t+1 predict the target's distribution at t+1 (the token after t+1).
-* DSpark (`checkpoint.toy.with_drafter`: three stages, block 5, Markov rank 16; random start, seed `--seed`): for
+* DSpark (`toys.writer.with_drafter`: three stages, block 5, Markov rank 16; random start, seed `--seed`): for
   `--anchors` random positions t per sequence (t >= W-1, so the context ring is full), the ring holds the taps
   of positions t-W+1..t, the block [x_{t+1}, noise x 4] sits at t+1..t+5, draft k is fitted to the target's
   distribution at t+1+k with the Markov bias of the true token x_{t+1+k}; the confidence head is fitted (binary
   cross-entropy, weight `CONFIDENCE_WEIGHT`) to whether draft k's argmax equals the target's. Anchors are folded
   into the batch (one cache row per anchor), so the drafter runs exactly as in `dspark_draft`.
 
-As `toy.train train`: AdamW with warm-up and cosine decay, the routers' biases balanced without gradient, the
+As `train_toys.py train`: AdamW with warm-up and cosine decay, the routers' biases balanced without gradient, the
 last `--qat-fraction` of the steps on the weights rounded as the release stores them, the result written in the
 release layout. The log (`train_log.json`) has the held-out agreement with the target's argmax: MTP top-1 and,
 per DSpark draft position, top-1 and the mean accepted prefix (teacher-forced: the true previous tokens).
@@ -25,6 +25,7 @@ per DSpark draft position, top-1 and the mean accepted prefix (teacher-forced: t
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toy.train import SEQ_LEN, draw_batch, optimise
+from train_toys import SEQ_LEN, add_run_options, draw_batch, optimise
 
 PRESET = "trained-full"
 CONFIDENCE_WEIGHT = 0.1
@@ -42,7 +43,7 @@ def build_models(seed: int, device: str):
     """The frozen target inside two models: `trained-full` with its MTP block, and the same target with a
     freshly initialised DSpark drafter (seeded)."""
     from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-    from toy.trained import build_model, trained_config
+    from deepseek_v4_ov.toys.trained import build_model, trained_config
 
     mtp_model, _ = build_model(PRESET)
     torch.manual_seed(seed)
@@ -166,7 +167,7 @@ def ship_drafters(run: Path) -> None:
     from safetensors.torch import load_file
 
     from deepseek_v4_ov.checkpoint.layout import write_shards
-    from toy.trained import DRAFTER_FOLDERS, FOLDERS, stored_tensors
+    from deepseek_v4_ov.toys.trained import DRAFTER_FOLDERS, FOLDERS, stored_tensors
 
     target = stored_tensors(PRESET, "none")
     mtp = {k: v for f in sorted((run / "mtp").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
@@ -182,3 +183,30 @@ def ship_drafters(run: Path) -> None:
     write_shards(dspark_dir, dspark, 2 << 20)
     (dspark_dir / "train_log.json").write_text((run / "train_log.json").read_text())
     print(f"shipped {run}: MTP block -> {dest}, DSpark drafter -> {dspark_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python training/train_drafters.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("train", help="train trained-full's MTP block and a DSpark drafter")
+    d.add_argument("data", type=Path)
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--steps", type=int, default=400)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--anchors", type=int, default=48, help="DSpark blocks per training sequence")
+    d.add_argument("--lr", type=float, default=2e-3)
+    add_run_options(d)
+    e = sub.add_parser("ship", help="copy a `train` run into deepseek_v4_ov/toys/data")
+    e.add_argument("run", type=Path)
+    args = p.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 training: the toys' reference is FP32
+    if args.cmd == "train":
+        train_drafters(args.data, args.out, args.steps, args.batch, args.anchors, args.lr, args.seed, args.device,
+                       args.qat_fraction, args.log_every, args.max_seconds)
+    else:
+        ship_drafters(args.run)
+
+
+if __name__ == "__main__":
+    main()

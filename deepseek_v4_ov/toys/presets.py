@@ -118,8 +118,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Trained toys (`toy/train.py`): the `seed` and `full` geometries, trained on the Python standard library's
-# sources; their release-layout weights and tokenizer ship in `toy/trained/` (written by `toy.trained`).
+# Trained toys (`training/train_toys.py`): the `seed` and `full` geometries, trained on the Python standard library's
+# sources; their release-layout weights and tokenizer ship in `deepseek_v4_ov/toys/data/` (written by `deepseek_v4_ov.toys.trained`).
 PRESETS["trained"] = dict(PRESETS["seed"])
 PRESETS["trained-full"] = dict(PRESETS["full"])
 TRAINED_PRESETS = ("trained", "trained-full")

@@ -2,14 +2,14 @@
 
 Three steps, each re-runnable (the corpus is on every machine with Python, no download):
 
-  python -m toy.train prepare DATA             # corpus selection, tokenizer, token ids, held-out text
-  python -m toy.train train DATA --preset trained --out RUN [--steps 1500 --batch 128 --device cuda]
-  python -m toy.train ship RUN toy/trained/trained   # copy the release-layout weights into the repository
+  python training/train_toys.py prepare DATA             # corpus selection, tokenizer, token ids, held-out text
+  python training/train_toys.py train DATA --preset trained --out RUN [--steps 1500 --batch 128 --device cuda]
+  python training/train_toys.py ship RUN deepseek_v4_ov/toys/data/trained   # copy the release-layout weights into the repository
 
 `prepare` (CPU, ~1 min) lists the `.py` files of the running interpreter's standard library
 (`sysconfig.get_paths()["stdlib"]`) in sorted order, without test suites, IDLE, site-packages and files over
 200 KB (`corpus_files`); a file is held out when crc32 of its relative path is 0 mod 16 (`is_held_out`) and
-is never trained on. It trains the byte-level BPE tokenizer (`deepseek_v4_ov.checkpoint.tokenizer`, exactly 512 entries)
+is never trained on. It trains the byte-level BPE tokenizer (`deepseek_v4_ov.toys.tokenizer`, exactly 512 entries)
 on the first `TOKENIZER_CHARS` characters of the training files, encodes every training file (bos first) to
 `train_ids.npy` (uint16), and writes a deterministic held-out sample (`heldout.txt`: whole held-out files in
 sorted order up to `HELDOUT_CHARS`) with its ids. DATA also gets `corpus.json` (interpreter version, file
@@ -27,7 +27,7 @@ updates the FP32 master weights (straight-through). At the end every tensor is w
 `official.encode_release` (the release layout, exactly as `deepseek-v4-ov toy --format fp8`), and the
 held-out loss of the master and of the stored (rounded) weights is printed and written to `train_log.json`.
 
-The shipped runs (toy/trained/*/train_log.json) were made with DATA prepared by CPython 3.11.7 and trained
+The shipped runs (deepseek_v4_ov/toys/data/*/train_log.json) were made with DATA prepared by CPython 3.11.7 and trained
 on one H200 (Python 3.12, torch 2.11): `trained` --steps 1500 --batch 128, `trained-full` --steps 700
 --batch 64. One change since: the QAT fake quantiser then broke exact FP4 ties towards the smaller code; it
 now breaks them to the even code like `quant.quantize_fp4` (exact ties have measure zero in training; the
@@ -41,13 +41,14 @@ import json
 import math
 import shutil
 import sys
-import sysconfig
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from deepseek_v4_ov.toys.trained import read_source, stdlib_root
 
 VOCAB_SIZE = 512
 HOLDOUT_MOD = 16
@@ -60,16 +61,12 @@ SEQ_LEN = 512
 MTP_WEIGHT = 0.3
 BIAS_RATE = 1e-3
 
-TRAINED_DIR = Path(__file__).resolve().parent / "trained"
+TRAINED_DIR = Path(__file__).resolve().parents[1] / "deepseek_v4_ov" / "toys" / "data"
 
 
 # ------------------------------------------------------------------------------------------------------
 # Corpus
 # ------------------------------------------------------------------------------------------------------
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
 def corpus_files(root: Path | None = None) -> list[str]:
     """Relative paths (posix) of the standard library's .py files used as corpus, sorted."""
     root = root or stdlib_root()
@@ -86,10 +83,6 @@ def corpus_files(root: Path | None = None) -> list[str]:
 
 def is_held_out(rel: str) -> bool:
     return zlib.crc32(rel.encode()) % HOLDOUT_MOD == 0
-
-
-def read_source(root: Path, rel: str) -> str:
-    return (root / rel).read_text(encoding="utf-8", errors="replace")
 
 
 def heldout_text(root: Path, files: list[str]) -> tuple[str, list[str]]:
@@ -111,7 +104,7 @@ def heldout_text(root: Path, files: list[str]) -> tuple[str, list[str]]:
 
 
 def prepare(data: Path) -> None:
-    from deepseek_v4_ov.checkpoint.tokenizer import build_hf_tokenizer
+    from deepseek_v4_ov.toys.tokenizer import build_hf_tokenizer
 
     data.mkdir(parents=True, exist_ok=True)
     root = stdlib_root()
@@ -297,7 +290,7 @@ def train(data: Path, preset_name: str, out: Path, steps: int, batch: int, lr: f
     from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
     from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
     from deepseek_v4_ov.checkpoint.release import round_to_release
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     out.mkdir(parents=True, exist_ok=True)
     train_ids = np.load(data / "train_ids.npy").astype(np.int64)
@@ -346,7 +339,7 @@ def ship(run: Path, dest: Path) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options of a training run (`train`, `drafters`) that `optimise` and the batches use."""
+    """The options of a training run (`train`, and train_drafters.py's) that `optimise` and the batches use."""
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--qat-fraction", type=float, default=0.2)
@@ -355,7 +348,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m toy.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python training/train_toys.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare")
@@ -371,16 +364,6 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("ship")
     c.add_argument("run", type=Path)
     c.add_argument("dest", type=Path)
-    d = sub.add_parser("drafters", help="train trained-full's MTP block and a DSpark drafter (toy/drafters.py)")
-    d.add_argument("data", type=Path)
-    d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--steps", type=int, default=400)
-    d.add_argument("--batch", type=int, default=32)
-    d.add_argument("--anchors", type=int, default=48, help="DSpark blocks per training sequence")
-    d.add_argument("--lr", type=float, default=2e-3)
-    add_run_options(d)
-    e = sub.add_parser("ship-drafters", help="copy a `drafters` run into toy/trained")
-    e.add_argument("run", type=Path)
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 training: the toys' reference is FP32
     if args.cmd == "prepare":
@@ -388,15 +371,6 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "train":
         train(args.data, args.preset, args.out, args.steps, args.batch, args.lr, args.seed, args.device,
               args.qat_fraction, args.log_every, args.max_seconds)
-    elif args.cmd == "drafters":
-        from toy.drafters import train_drafters
-
-        train_drafters(args.data, args.out, args.steps, args.batch, args.anchors, args.lr, args.seed, args.device,
-                       args.qat_fraction, args.log_every, args.max_seconds)
-    elif args.cmd == "ship-drafters":
-        from toy.drafters import ship_drafters
-
-        ship_drafters(args.run)
     else:
         ship(args.run, args.dest)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import shutil
 import types
 import typing
 from collections.abc import Iterable
@@ -20,19 +19,12 @@ from typing import Any
 
 import torch
 
-from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
+from deepseek_v4_ov.checkpoint.layout import AUTO_MAP, CONFIG_NAME, atomic_output_dir, copy_bundled_code, write_shards
+from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, round_to_release, storage_class
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP, SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, round_to_release, storage_class
-from deepseek_v4_ov.checkpoint.tokenizer import write_toy_tokenizer
+from deepseek_v4_ov.toys.tokenizer import write_toy_tokenizer
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "model"  # the bundled pair
-BUNDLED_FILES = ("configuration_deepseek_v4.py", "modeling_deepseek_v4.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_deepseek_v4.DeepseekV4Config",
-    "AutoModel": "modeling_deepseek_v4.DeepseekV4Model",
-    "AutoModelForCausalLM": "modeling_deepseek_v4.DeepseekV4ForCausalLM",
-}
 FORMATS = ("bf16", "fp32", "fp8")
 """fp8 is the release layout: FP4 routed experts and FP8 linears with E8M0 scales, the rest BF16/F32/I64."""
 
@@ -182,11 +174,6 @@ def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:
         **dict(sorted(data.items())),
         **({"quantization_config": QUANTIZATION_CONFIG, "expert_dtype": EXPERT_DTYPE} if fmt == "fp8" else {}),
     }
-
-
-def copy_bundled_code(folder: Path) -> None:
-    for name in BUNDLED_FILES:
-        shutil.copyfile(PACKAGE_DIR / name, folder / name)
 
 
 def write_toy(

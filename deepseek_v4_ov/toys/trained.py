@@ -1,6 +1,6 @@
 """The trained toys: `deepseek-v4-ov toy OUT --preset trained` / `--preset trained-full`.
 
-Weights trained by `toy/train.py` on the Python standard library's sources (see toy/trained/README.md),
+Weights trained by `training/train_toys.py` on the Python standard library's sources (see deepseek_v4_ov/toys/data/README.md),
 shipped here in the release layout (routed experts FP4 e2m1 + E8M0 per-32 scales, linears FP8 e4m3 +
 E8M0 128x128 scales, the rest BF16/F32/I64), with the byte-level BPE tokenizer trained on the same corpus
 and a held-out sample of standard-library files that were never trained on (`heldout.txt`).
@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import sysconfig
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-TOKENIZER_JSON = HERE / "tokenizer" / "tokenizer.json"
-HELDOUT_TXT = HERE / "heldout.txt"
-FOLDERS = {"trained": HERE / "trained", "trained-full": HERE / "trained-full"}
-DRAFTER_FOLDERS = {("trained-full", "dspark"): HERE / "trained-full-dspark"}
-"""Drafters trained on a trained preset's frozen target besides its own (`toy/drafters.py`): their `mtp.*`
+DATA = Path(__file__).resolve().parent / "data"
+TOKENIZER_JSON = DATA / "tokenizer" / "tokenizer.json"
+HELDOUT_TXT = DATA / "heldout.txt"
+FOLDERS = {"trained": DATA / "trained", "trained-full": DATA / "trained-full"}
+DRAFTER_FOLDERS = {("trained-full", "dspark"): DATA / "trained-full-dspark"}
+"""Drafters trained on a trained preset's frozen target besides its own (`training/train_drafters.py`): their `mtp.*`
 tensors only."""
 
 
@@ -39,7 +40,7 @@ def load_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
 def own_drafter(name: str) -> str:
     """The drafter trained preset `name` was trained with ("mtp" or "none")."""
     from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     return DeepseekV4Config(**PRESETS[name]).drafter or "none"
 
@@ -72,9 +73,9 @@ def stored_tensors(name: str, drafter: str | None = None) -> dict[str, torch.Ten
 
 def trained_config(name: str, drafter: str | None = None):
     """The config of trained preset `name` with the drafter of `stored_tensors(name, drafter)`."""
-    from deepseek_v4_ov.checkpoint.toy import with_drafter
+    from deepseek_v4_ov.toys.writer import with_drafter
     from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
-    from toy.presets import PRESETS
+    from deepseek_v4_ov.toys.presets import PRESETS
 
     return DeepseekV4Config(**with_drafter(PRESETS[name], drafter or own_drafter(name)))
 
@@ -96,7 +97,8 @@ def write_tokenizer(folder: Path, model_max_length: int) -> None:
     """The trained tokenizer with the toys' special tokens and chat template, saved as transformers does."""
     from transformers import PreTrainedTokenizerFast
 
-    from deepseek_v4_ov.checkpoint.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
+    from deepseek_v4_ov.checkpoint.tokenizer import BOS_TOKEN, EOS_TOKEN
+    from deepseek_v4_ov.toys.tokenizer import CHAT_TEMPLATE
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON), bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
                                   pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False,
@@ -115,7 +117,8 @@ def write_trained_toy(output: Path, name: str, fmt: str = "fp8", overwrite: bool
     (FP8/FP4 times E8M0 scales are exact in BF16 too, so all three formats hold the same model). Returns the
     in-memory FP32 model."""
     from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
-    from deepseek_v4_ov.checkpoint.toy import FORMATS, copy_bundled_code, official_config_dict, official_dtype
+    from deepseek_v4_ov.toys.writer import FORMATS, official_config_dict, official_dtype
+    from deepseek_v4_ov.checkpoint.layout import copy_bundled_code
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
@@ -139,17 +142,24 @@ def heldout_text() -> str:
     return HELDOUT_TXT.read_text()
 
 
+def stdlib_root() -> Path:
+    """The running interpreter's standard library: the trained toys' corpus."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def read_source(root: Path, rel: str) -> str:
+    return (root / rel).read_text(encoding="utf-8", errors="replace")
+
+
 def training_text() -> str:
     """The trained toys' training corpus as this machine has it: the standard-library files corpus.json lists
     as training files (never the held-out ones), read from this interpreter's standard library, in order
     (`export --dataset corpus` calibrates on it)."""
-    from toy.train import read_source, stdlib_root
-
     root = stdlib_root()
-    files = json.loads((HERE / "corpus.json").read_text())["train_files"]
+    files = json.loads((DATA / "corpus.json").read_text())["train_files"]
     present = [rel for rel in files if (root / rel).is_file()]
     if not present:
-        raise ValueError(f"--dataset corpus: none of the {len(files)} training files of toy/trained/corpus.json "
+        raise ValueError(f"--dataset corpus: none of the {len(files)} training files of deepseek_v4_ov/toys/data/corpus.json "
                          f"is in this interpreter's standard library {root}")
     return "".join(read_source(root, rel) for rel in present)
 
