@@ -20,6 +20,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 REF_PY = ROOT / ".venv-ref" / "bin" / "python"
+# Where the scripts' generated blocks live (`--results`); never the README.
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def python_main() -> str:
@@ -204,15 +206,16 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, cells)])
 
 
-def replace_readme_block(readme: Path, name: str, block: str) -> None:
-    """Replace README's generated block `name` (between its begin and end marker lines) with `block`."""
+def replace_results_block(name: str, block: str, path: Path = RESULTS_MD) -> None:
+    """Replace the generated block `name` of `path` (benchmarks/RESULTS.md: between the lines
+    `<!-- NAME: generated, do not edit -->` and `<!-- NAME: end -->`) with `block`."""
     begin = f"<!-- {name}: generated, do not edit -->"
     end = f"<!-- {name}: end -->"
-    text = readme.read_text()
+    text = path.read_text()
     if begin not in text or end not in text:
-        raise SystemExit(f"{readme} has no {begin!r} ... {end!r} block")
+        raise SystemExit(f"{path} has no {begin!r} ... {end!r} block")
     head, rest = text.split(begin, 1)
-    readme.write_text(head + begin + "\n" + block.strip("\n") + "\n" + end + rest.split(end, 1)[1])
+    path.write_text(head + begin + "\n" + block.strip("\n") + "\n" + end + rest.split(end, 1)[1])
     print(block)
 
 

@@ -1,6 +1,7 @@
 """What re-quantising the release's FP4 experts costs in weight error, and what exact forms cost in bytes.
 
     .venv/bin/python benchmarks/fp4_requant.py --json benchmarks/results/fp4_requant.json
+    .venv/bin/python benchmarks/fp4_requant.py --results benchmarks/results/fp4_requant.json   # RESULTS.md block
 
 A release expert matrix is FP4 e2m1 codes (values 0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6) times an E8M0
 (power-of-two) scale per 32 inputs. Here such matrices are made by the release's own quantiser
@@ -27,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import ROOT, machine, machine_line, replace_readme_block, table, write_json  # noqa: E402
+from _common import machine, machine_line, replace_results_block, table, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -83,7 +84,7 @@ def results_table(results: list[dict]) -> str:
                    f"{r['max_abs_error_over_rms']:.3f}", f"{r['inexact_share']:.1%}"] for r in results])
 
 
-def readme_table(path: Path) -> str:
+def results_block(path: Path) -> str:
     data = json.loads(path.read_text())
     m = data["machine"]
     return (f"`{data['command']}` ({m['date']}, {m['cpu']}, OpenVINO {m['openvino']}, NNCF {m['nncf']}; "
@@ -95,10 +96,11 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--json")
-    ap.add_argument("--readme", type=Path, help="write the README block from this JSON and exit")
+    ap.add_argument("--results", "--readme", dest="results", type=Path,
+                    help="write benchmarks/RESULTS.md's `fp4-requant` block from this JSON and exit")
     args = ap.parse_args()
-    if args.readme:
-        replace_readme_block(ROOT / "README.md", "fp4-requant", readme_table(args.readme))
+    if args.results:
+        replace_results_block("fp4-requant", results_block(args.results))
         return 0
     info = machine()
     print(machine_line(info))

@@ -5,7 +5,7 @@ the V4-Flash projection computed from them.
         --json benchmarks/results/layer_types.json --projection benchmarks/results/v4_flash_projection.json
     python benchmarks/layer_types.py --merge benchmarks/results/layer_types.json [--slices-from OTHER.json] \
         --projection benchmarks/results/v4_flash_projection.json        # (again) from a run's JSON
-    python benchmarks/layer_types.py --readme benchmarks/results/v4_flash_projection.json   # README block
+    python benchmarks/layer_types.py --results benchmarks/results/v4_flash_projection.json   # RESULTS.md block
 
 1. Slices: one synthetic release-layout layer per type (ratio 0 sliding window + hash routing, 4 CSA, 128
    HCA; `conversion_memory.ensure_slice`: hidden 4096, 256 experts of 2048 top-6, vocabulary 129,280, embed
@@ -59,8 +59,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import (ROOT, last_json, machine, machine_line, memory_mb, python_main,  # noqa: E402
-                     replace_readme_block, run_child, table, write_json)
+from _common import (last_json, machine, machine_line, memory_mb, python_main,  # noqa: E402
+                     replace_results_block, run_child, table, write_json)
 from decode_profile import CallProfile  # noqa: E402
 
 TYPE_NAMES = {0: "SWA (ratio 0)", 4: "CSA (ratio 4)", 128: "HCA (ratio 128)"}
@@ -460,11 +460,11 @@ def merge_projection(path: Path, result: dict) -> None:
     write_json(str(path), data)
 
 
-# ----------------------------------------------------------------------------------------------- README
+# ------------------------------------------------------------------------------------------ RESULTS.md
 
 
-def readme_table(path: Path) -> str:
-    """The README block: per-layer-type measurements, the V4-Flash projection and the forms, from the
+def results_block(path: Path) -> str:
+    """The RESULTS.md block (`v4-flash-projection`): per-layer-type measurements, the V4-Flash projection and the forms, from the
     projection JSON."""
     data = json.loads(path.read_text())
     p, m = data["projection"], data["machine"]
@@ -548,7 +548,9 @@ def main() -> int:
     ap.add_argument("--worker-s", type=float, default=60, help="time one slice measurement is assumed to take")
     ap.add_argument("--json")
     ap.add_argument("--projection", help="merge the runtime projection into this JSON")
-    ap.add_argument("--readme", type=Path, help="write the README block from this projection JSON and exit")
+    ap.add_argument("--results", "--readme", dest="results", type=Path,
+                    help="write benchmarks/RESULTS.md's `v4-flash-projection` block from this projection JSON "
+                         "and exit")
     ap.add_argument("--merge", type=Path, help="merge this earlier --json result into --projection and exit")
     ap.add_argument("--forms-from", type=Path, help="with --merge: take the forms from this run's JSON")
     ap.add_argument("--slices-from", type=Path, nargs="+", default=[],
@@ -563,8 +565,8 @@ def main() -> int:
     bad = [v for v in args.variants if v.partition("+")[2] not in ("", "snippets")]
     if bad:
         ap.error(f"--variants {bad[0]}: HINT[:DQ][+snippets]")
-    if args.readme:
-        replace_readme_block(ROOT / "README.md", "v4-flash-projection", readme_table(args.readme))
+    if args.results:
+        replace_results_block("v4-flash-projection", results_block(args.results))
         return 0
     if args.merge:
         result = json.loads(args.merge.read_text())

@@ -2,7 +2,7 @@
 
     python benchmarks/llama_cpp.py --llama-dir /tmp/llama.cpp --ratios 4 128 --workdir /tmp/lc \\
         --json benchmarks/results/llama_cpp.json             # (the device run: benchmarks/_device_llama_cpp.sh)
-    python benchmarks/llama_cpp.py --readme benchmarks/results/llama_cpp.json   # README block
+    python benchmarks/llama_cpp.py --results benchmarks/results/llama_cpp.json   # RESULTS.md block
     python benchmarks/llama_cpp.py --check --llama-dir DIR --workdir /tmp/lc    # numerics on the trained toy
 
 llama.cpp: the sources the llama-cpp-python 0.3.36 sdist vendors (ggml-org/llama.cpp 0c1e57098, DeepSeek-V4
@@ -59,7 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import (ROOT, last_json, machine, machine_line, python_main, replace_readme_block,  # noqa: E402
+from _common import (ROOT, last_json, machine, machine_line, python_main, replace_results_block,  # noqa: E402
                      run_child, table, write_json)
 
 TYPE_NAMES = {0: "SWA (ratio 0)", 4: "CSA (ratio 4)", 128: "HCA (ratio 128)"}
@@ -533,7 +533,7 @@ def finish(result: dict) -> None:
 
 
 def report(data: dict) -> str:
-    """The README block: per-layer decode/prefill/bytes of llama.cpp's files and ours, and the whole
+    """The RESULTS.md block (`llama-cpp`): per-layer decode/prefill/bytes of llama.cpp's files and ours, and the whole
     1-layer slice's decode tokens/s."""
     m, meth = data["machine"], data["method"]
     rows, whole = [], []
@@ -686,7 +686,8 @@ def main() -> int:
     ap.add_argument("--keep-irs", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse IRs and as-converted GGUFs found in --workdir")
     ap.add_argument("--json")
-    ap.add_argument("--readme", type=Path, help="write the README block from this JSON and exit")
+    ap.add_argument("--results", "--readme", dest="results", type=Path,
+                    help="write benchmarks/RESULTS.md's `llama-cpp` block from this JSON and exit")
     ap.add_argument("--check", action="store_true", help="numerics: llama.cpp vs the PyTorch port, trained toy")
     ap.add_argument("--check-new", type=int, default=48)
     ap.add_argument("--prompt-at", type=int, default=2000, help="--check: prompt start in the held-out text")
@@ -696,8 +697,8 @@ def main() -> int:
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.readme:
-        replace_readme_block(ROOT / "README.md", "llama-cpp", report(json.loads(args.readme.read_text())))
+    if args.results:
+        replace_results_block("llama-cpp", report(json.loads(args.results.read_text())))
         return 0
     if args.convert:
         return convert_main(*args.convert, args.llama_dir)

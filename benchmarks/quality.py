@@ -3,7 +3,7 @@ users' terms, and the default 4-bit recipe chosen from it.
 
     .venv/bin/python benchmarks/quality.py [--models trained,trained-full] [--variants V1,V2,...]
                                            [--prompts 8] [--prompt-length 512] [--json FILE]
-    .venv/bin/python benchmarks/quality.py --readme RUN.json [RUN2.json]   # README block from runs' JSON
+    .venv/bin/python benchmarks/quality.py --results RUN.json [RUN2.json]   # RESULTS.md block from runs' JSON
 
 Per model (written in the release layout: FP4 experts, FP8 linears) and variant (`parity.variant`:
 `int4:asym:g32`, `int4:head-f16`, ...), `parity.run` on CPU (FP32 inference hint) over `--prompts` windows
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (machine, machine_line, python_main, replace_readme_block, run_child, table,  # noqa: E402
+from _common import (machine, machine_line, python_main, replace_results_block, run_child, table,  # noqa: E402
                      write_json)
 
 MODELS = ("trained", "trained-full")
@@ -214,15 +214,14 @@ def main() -> None:
     ap.add_argument("--cost", nargs="*", default=[], help="variants to export in a child process first, for their "
                                                         "conversion time and peak memory")
     ap.add_argument("--json", help="write the run here")
-    ap.add_argument("--readme", type=Path, nargs="+", help="write README.md's quality block from these runs' JSON "
-                                                           "(no measuring)")
+    ap.add_argument("--results", "--readme", dest="results", type=Path, nargs="+",
+                    help="write benchmarks/RESULTS.md's `quality` block from these runs' JSON (no measuring)")
     args = ap.parse_args()
-    if args.readme is not None:
-        for path in args.readme:
+    if args.results is not None:
+        for path in args.results:
             if not path.is_file():
-                raise SystemExit(f"--readme {path}: no such file (a JSON written by --json)")
-        replace_readme_block(ROOT / "README.md", "quality", block(merged([json.loads(p.read_text())
-                                                                         for p in args.readme])))
+                raise SystemExit(f"--results {path}: no such file (a JSON written by --json)")
+        replace_results_block("quality", block(merged([json.loads(p.read_text()) for p in args.results])))
         return
     result = measure(args)
     write_json(args.json, result)

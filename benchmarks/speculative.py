@@ -4,7 +4,7 @@ run, side by side.
 
     .venv/bin/python benchmarks/speculative.py [--prompts 4] [--prompt-length 120] [--new-tokens 128]
                                                [--repeats 3] [--threads N] [--json FILE]
-    .venv/bin/python benchmarks/speculative.py --readme RUN.json [RUN2.json]   # README block from runs
+    .venv/bin/python benchmarks/speculative.py --results RUN.json [RUN2.json]   # RESULTS.md block from runs
 
 The trained toy is written and exported three times (the plain target; with its MTP drafter, `export
 --drafter mtp`; in the -0731 layout with its DSpark drafter, `export --drafter dspark`) into --workdir, reused
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (ensure_export, machine, machine_line, python_main, replace_readme_block, run_child,  # noqa: E402
+from _common import (ensure_export, machine, machine_line, python_main, replace_results_block, run_child,  # noqa: E402
                      table, write_json)
 
 from deepseek_v4_ov.checkpoint.tokenizer import load_hf_tokenizer  # noqa: E402
@@ -87,12 +87,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS of target and drafter alike "
                                                            "(default 0: the plugin's choice, all cores)")
     ap.add_argument("--json", default=None, help="write the results here (e.g. benchmarks/results/speculative.json)")
-    ap.add_argument("--readme", nargs="+", type=Path, metavar="JSON",
-                    help="write README's `speculative` block from these runs' JSON files and exit")
+    ap.add_argument("--results", "--readme", dest="results", nargs="+", type=Path, metavar="JSON",
+                    help="write benchmarks/RESULTS.md's `speculative` block from these runs' JSON files and exit")
     args = ap.parse_args()
-    if args.readme:
-        blocks = [report(json.loads(path.read_text())) for path in args.readme]
-        replace_readme_block(ROOT / "README.md", "speculative", "\n\n".join(blocks))
+    if args.results:
+        blocks = [report(json.loads(path.read_text())) for path in args.results]
+        replace_results_block("speculative", "\n\n".join(blocks))
         return
     info = machine()
     print(machine_line(info), flush=True)

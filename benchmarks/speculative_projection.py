@@ -3,7 +3,7 @@ from the full-width verify costs `benchmarks/layer_types.py` measured and the ac
 reports give.
 
     python benchmarks/speculative_projection.py [--projection benchmarks/results/v4_flash_projection.json]
-                                                [--json benchmarks/results/speculative_projection.json] [--readme]
+                                                [--json benchmarks/results/speculative_projection.json] [--results]
 
 Inputs (all from the projection JSON): T(S), the 43-layer cost of a target call of S new tokens
 (`projection.verify_ms`, S = 1, 2, 5), and per layer type the layer's and the ends' (embed + head) verify
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import replace_readme_block, table, write_json  # noqa: E402
+from _common import replace_results_block, table, write_json  # noqa: E402
 
 MTP_ACCEPTANCE = (0.5, 0.65, 0.8)
 DSPARK_TAU = (2.1, 3.2, 3.6, 4.5)
@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("--projection", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "v4_flash_projection.json")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--readme", action="store_true", help="also write README's `speculative-projection` block")
+    ap.add_argument("--results", "--readme", dest="results", action="store_true",
+                    help="also write benchmarks/RESULTS.md's `speculative-projection` block")
     args = ap.parse_args()
     source = json.loads(args.projection.read_text())
     out = project(source)
@@ -80,8 +81,8 @@ def main() -> None:
         table(["DSpark tokens per verify call", *out["speedup_dspark_by_tau"]],
               [["x plain decode", *(f"{x:.2f}" for x in out["speedup_dspark_by_tau"].values())]]), "",
         f"Default drafter for V4-Flash on this machine: **{out['default']}** ({out['default_reason']})."])
-    if args.readme:
-        replace_readme_block(Path(__file__).resolve().parents[1] / "README.md", "speculative-projection", text)
+    if args.results:
+        replace_results_block("speculative-projection", text)
     else:
         print(text)
     write_json(args.json, {"command": " ".join(sys.argv), "source": str(args.projection),
