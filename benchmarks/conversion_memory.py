@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ROOT, machine, machine_line, python_main, run_child, table, write_json  # noqa: E402
 
 GB = 1e9
-V4_FLASH_CHECKPOINT_BYTES = 159_609_485_896  # the release's payload (dry run of its index, README)
+V4_FLASH_CHECKPOINT_BYTES = 159_609_485_896  # the release's payload (dry run of its index, docs/export.md)
 PIECE_RE = re.compile(r"piece \d+/\d+ \((\S+)\): ([\d.]+)s")
 STAGE_RE = re.compile(r"^\s+(\w+) done in ([\d.]+)s", re.M)
 

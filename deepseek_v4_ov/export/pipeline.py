@@ -202,7 +202,7 @@ def check_cpu_memory(projection: Projection) -> None:
     if factor is not None and projection.cpu_private_bytes > ram:
         raise ValueError(
             f"--weight-format {projection.weight_format}: OpenVINO 2026.4.1's CPU plugin expands f4e2m1 routed "
-            f"experts to f32 when compiling (measured {factor:g}x private memory per IR byte, README \"Runtime at "
+            f"experts to f32 when compiling (measured {factor:g}x private memory per IR byte, docs/benchmarks.md \"Runtime at "
             f"V4-Flash widths\"): this IR (~{size_text(projection.ir_bytes)}) would need "
             f"~{size_text(projection.cpu_private_bytes)} on the CPU, this machine has {size_text(ram)}; export int4 "
             "(the default, ~1.1x) to run on the CPU")

@@ -103,7 +103,7 @@ class Projection:
                   plugin keeps compressed constants compressed and decompresses inside its matmuls) + the
                   decode state. Not counted: one decode step's activations (a few hidden-size vectors per
                   token), the runtime's own code, and weights a plugin expands when compiling (f8e4m3 on CPUs
-                  without FP8, README "Official checkpoints").
+                  without FP8, docs/export.md "Reading official checkpoints").
     disk_bytes    free space the export needs beside OUTPUT: the pieces' files and the stitched IR exist
                   together until the stitch ends, so twice the IR.
     drafter_bytes the drafter's weights in the same format (reported beside the target's, not exported)."""

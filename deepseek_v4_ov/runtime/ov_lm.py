@@ -31,7 +31,7 @@ DEFAULT_PREFILL_CHUNK = 256
 """Tokens per prompt call (`--prefill-chunk`; 0: the whole prompt in one call). A constant size keeps the
 calls' shapes equal (the CPU plugin re-prepares its graph when they change), bounds the activations and the
 indexer's scores whatever the prompt's length, and is the benchmark's choice (`benchmarks/layer_types.py
---chunks`, README "Runtime at V4-Flash widths")."""
+--chunks`, docs/benchmarks.md "Runtime at V4-Flash widths")."""
 
 
 @dataclass

@@ -138,7 +138,7 @@ def write_trained_toy(output: Path, name: str, fmt: str = "fp8", overwrite: bool
 
 
 def heldout_text() -> str:
-    """Held-out Python source (standard-library files never trained on; PSF licence, see README.md)."""
+    """Held-out Python source (standard-library files never trained on; PSF licence, see data/README.md)."""
     return HELDOUT_TXT.read_text()
 
 
