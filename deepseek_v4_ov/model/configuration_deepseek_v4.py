@@ -128,7 +128,6 @@ class DeepseekV4Config(PretrainedConfig):
         if compress_ratios is None:
             compress_ratios = flash_compress_ratios(num_hidden_layers, num_nextn_predict_layers)
         self.compress_ratios = list(compress_ratios)
-        self.layer_types = None if layer_types is None else list(layer_types)
         self.rope_theta = rope_theta
         self.compress_rope_theta = compress_rope_theta
         # `rope_scaling` is a property of PretrainedConfig in transformers 5 (an alias of
@@ -167,6 +166,8 @@ class DeepseekV4Config(PretrainedConfig):
             eos_token_id=eos_token_id,
             **kwargs,
         )
+        # set after the base class's own checks, whose `layer_types` names are not V4's
+        self.layer_types = None if layer_types is None else list(layer_types)
         self.validate()
 
     # ----------------------------------------------------------------------------------------------
