@@ -203,10 +203,15 @@ class DeepseekV4Config(PretrainedConfig):
         return self.num_nextn_predict_layers
 
     @property
-    def mtp_layer_types(self) -> list[str]:
-        """The kind of each `mtp.N` block (MTP block or DSpark stage), from its `compress_ratios` entry."""
+    def mtp_ratios(self) -> list[int]:
+        """Compression ratio of each `mtp.N` block (MTP block or DSpark stage)."""
         n = self.num_hidden_layers
-        return [layer_type(r) for r in self.compress_ratios[n : n + self.drafter_blocks]]
+        return self.compress_ratios[n : n + self.drafter_blocks]
+
+    @property
+    def mtp_layer_types(self) -> list[str]:
+        """The kind of each `mtp.N` block, from its `compress_ratios` entry."""
+        return [layer_type(r) for r in self.mtp_ratios]
 
     def without_drafter(self) -> DeepseekV4Config:
         """This config with no drafter: the target model alone (`mtp.*` tensors are not part of it)."""
