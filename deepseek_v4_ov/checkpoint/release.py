@@ -16,6 +16,7 @@ A folder written as BF16 or FP32 (toy formats) has the same names without `.scal
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -70,15 +71,18 @@ def scale_name(weight_name: str) -> str:
 # ------------------------------------------------------------------------------------------------------
 def logical_tensors(config: DeepseekV4Config) -> dict[str, tuple[int, ...]]:
     """Every port tensor (= official name) with its full-precision shape, in the port's order: the state dict
-    of `DeepseekV4ForCausalLM(config)` built on the meta device (no memory, no initialisation)."""
-    return dict(model_tensors(config.to_json_string(use_diff=False)))
+    of `DeepseekV4ForCausalLM(config)` built on the meta device (no memory, no initialisation), once per
+    model geometry (the config's own fields; storage keys such as `quantization_config` left out)."""
+    fields = inspect.signature(DeepseekV4Config).parameters
+    geometry = {k: v for k, v in config.to_dict().items() if k in fields}
+    return dict(model_tensors(json.dumps(geometry, sort_keys=True)))
 
 
 @lru_cache(maxsize=4)
-def model_tensors(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """`logical_tensors` of the config `config_json`, built once per config (V4-Flash's model takes seconds)."""
+def model_tensors(geometry: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """`logical_tensors` of the config fields `geometry` (JSON): V4-Flash's model takes seconds to build."""
     with torch.device("meta"), no_init_weights():
-        model = DeepseekV4ForCausalLM(DeepseekV4Config(**json.loads(config_json)))
+        model = DeepseekV4ForCausalLM(DeepseekV4Config(**json.loads(geometry)))
     return tuple((name, tuple(t.shape)) for name, t in model.state_dict().items())
 
 
