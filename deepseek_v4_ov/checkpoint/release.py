@@ -16,17 +16,21 @@ A folder written as BF16 or FP32 (toy formats) has the same names without `.scal
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 
 import torch
+from transformers.initialization import no_init_weights
 
 from deepseek_v4_ov.checkpoint import quant
 from deepseek_v4_ov.checkpoint.drafter import check_drafter
 from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, CheckpointError, CheckpointReader, read_config
-from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, DSPARK, DeepseekV4Config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import DeepseekV4Config
+from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 
 # Storage classes of one logical (port) tensor.
 FP8, FP4, BF16, F32, I64 = "fp8", "fp4", "bf16", "f32", "i64"
@@ -66,84 +70,20 @@ def scale_name(weight_name: str) -> str:
 # Inventory
 # ------------------------------------------------------------------------------------------------------
 def logical_tensors(config: DeepseekV4Config) -> dict[str, tuple[int, ...]]:
-    """Every port tensor (= official name) with its full-precision shape, derived from the config alone."""
-    c = config
-    hd, n, q, inter = c.hidden_size, c.hc_mult, c.q_lora_rank, c.moe_intermediate_size
-    heads, d = c.num_attention_heads, c.head_dim
-    mix = (2 + n) * n
-    out: dict[str, tuple[int, ...]] = {
-        "embed.weight": (c.vocab_size, hd),
-        "head.weight": (c.vocab_size, hd),
-        "norm.weight": (hd,),
-        "hc_head_fn": (n, n * hd),
-        "hc_head_base": (n,),
-        "hc_head_scale": (1,),
-    }
+    """Every port tensor (= official name) with its full-precision shape, in the port's order: the state dict
+    of `DeepseekV4ForCausalLM(config)` built on the meta device (no memory, no initialisation), once per
+    model geometry (the config's own fields; storage keys such as `quantization_config` left out)."""
+    fields = inspect.signature(DeepseekV4Config).parameters
+    geometry = {k: v for k, v in config.to_dict().items() if k in fields}
+    return dict(model_tensors(json.dumps(geometry, sort_keys=True)))
 
-    def block(p: str, ratio: int, hashed: bool) -> None:
-        for site in ("attn", "ffn"):
-            h = f"{p}.hc_{site}"
-            out.update({f"{h}_fn": (mix, n * hd), f"{h}_base": (mix,), f"{h}_scale": (3,)})
-        out.update({
-            f"{p}.attn_norm.weight": (hd,),
-            f"{p}.ffn_norm.weight": (hd,),
-            f"{p}.attn.wq_a.weight": (q, hd),
-            f"{p}.attn.q_norm.weight": (q,),
-            f"{p}.attn.wq_b.weight": (heads * d, q),
-            f"{p}.attn.wkv.weight": (d, hd),
-            f"{p}.attn.kv_norm.weight": (d,),
-            f"{p}.attn.wo_a.weight": (c.o_groups * c.o_lora_rank, heads * d // c.o_groups),
-            f"{p}.attn.wo_b.weight": (hd, c.o_groups * c.o_lora_rank),
-            f"{p}.attn.attn_sink": (heads,),
-        })
-        if ratio:
-            width = 2 * d if ratio == CSA else d  # CSA windows overlap: two halves per entry
-            cp = f"{p}.attn.compressor"
-            out.update({f"{cp}.wkv.weight": (width, hd), f"{cp}.wgate.weight": (width, hd),
-                        f"{cp}.ape": (ratio, width), f"{cp}.norm.weight": (d,)})
-        if ratio == CSA:
-            ip, di = f"{p}.attn.indexer", c.index_head_dim
-            out.update({
-                f"{ip}.wq_b.weight": (c.index_n_heads * di, q),
-                f"{ip}.weights_proj.weight": (c.index_n_heads, hd),
-                f"{ip}.compressor.wkv.weight": (2 * di, hd),
-                f"{ip}.compressor.wgate.weight": (2 * di, hd),
-                f"{ip}.compressor.ape": (CSA, 2 * di),
-                f"{ip}.compressor.norm.weight": (di,),
-            })
-        out[f"{p}.ffn.gate.weight"] = (c.n_routed_experts, hd)
-        if hashed:
-            out[f"{p}.ffn.gate.tid2eid"] = (c.vocab_size, c.num_experts_per_tok)
-        else:
-            out[f"{p}.ffn.gate.bias"] = (c.n_routed_experts,)
-        for e in range(c.n_routed_experts):
-            ep = f"{p}.ffn.experts.{e}"
-            out.update({f"{ep}.w1.weight": (inter, hd), f"{ep}.w2.weight": (hd, inter), f"{ep}.w3.weight": (inter, hd)})
-        sp = f"{p}.ffn.shared_experts"
-        out.update({f"{sp}.w1.weight": (inter, hd), f"{sp}.w2.weight": (hd, inter), f"{sp}.w3.weight": (inter, hd)})
 
-    for i, ratio in enumerate(c.layer_ratios):
-        block(f"layers.{i}", ratio, i < c.num_hash_layers)
-    head = {"norm.weight": (hd,), "hc_head_fn": (n, n * hd), "hc_head_base": (n,), "hc_head_scale": (1,)}
-    stages = c.mtp_ratios
-    for j, ratio in enumerate(stages):
-        p = f"mtp.{j}"
-        block(p, ratio, False)
-        if c.drafter == DSPARK:  # stage 0 takes the target taps in; the last stage drafts
-            if j == 0:
-                out.update({f"{p}.main_proj.weight": (hd, len(c.dspark_target_layer_ids) * hd),
-                            f"{p}.main_norm.weight": (hd,)})
-            if j == len(stages) - 1:
-                rank = c.dspark_markov_rank
-                out.update({f"{p}.{k}": shape for k, shape in head.items()})
-                out.update({f"{p}.markov_head.markov_w1.weight": (c.vocab_size, rank),
-                            f"{p}.markov_head.markov_w2.weight": (c.vocab_size, rank),
-                            f"{p}.confidence_head.proj.weight": (1, hd + rank)})
-        else:
-            out.update({f"{p}.e_proj.weight": (hd, hd), f"{p}.h_proj.weight": (hd, hd), f"{p}.enorm.weight": (hd,),
-                        f"{p}.hnorm.weight": (hd,)})
-            out.update({f"{p}.{k}": shape for k, shape in head.items()})
-    return out
+@lru_cache(maxsize=4)
+def model_tensors(geometry: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """`logical_tensors` of the config fields `geometry` (JSON): V4-Flash's model takes seconds to build."""
+    with torch.device("meta"), no_init_weights():
+        model = DeepseekV4ForCausalLM(DeepseekV4Config(**json.loads(geometry)))
+    return tuple((name, tuple(t.shape)) for name, t in model.state_dict().items())
 
 
 def stored_entries(name: str, shape: tuple[int, ...], fmt: str) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -351,8 +291,6 @@ def load_model(source: Path | str | Checkpoint, drafter: bool = True):
     """The port in FP32, eval mode, with the checkpoint's exact weights (every weight held at once: for the
     PyTorch reference side of checks, not for exporting). `drafter=False`: the target model alone
     (`Checkpoint.without_drafter`: no `mtp.*` module, no `mtp.*` tensor read)."""
-    from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-
     checkpoint = source if isinstance(source, Checkpoint) else Checkpoint(Path(source))
     if not drafter:
         checkpoint = checkpoint.without_drafter()

@@ -108,13 +108,13 @@ class Piece(nn.Module):
             self.model.embed = nn.Embedding(config.vocab_size, hd)
         if self.layer_ids:
             self.model.layers = nn.ModuleDict(
-                {str(i): Block(config, config.layer_ratios[i], hashed=i < config.num_hash_layers)
+                {str(i): Block(config, config.layer_types[i], hashed=i < config.num_hash_layers)
                  for i in self.layer_ids})
         if self.mtp_ids:
             last = config.drafter_blocks - 1
             self.model.mtp = nn.ModuleDict(
-                {str(j): DSparkStage(config, config.mtp_ratios[j], j == 0, j == last) if self.dspark
-                 else MTPBlock(config, config.mtp_ratios[j]) for j in self.mtp_ids})
+                {str(j): DSparkStage(config, config.mtp_layer_types[j], j == 0, j == last) if self.dspark
+                 else MTPBlock(config, config.mtp_layer_types[j]) for j in self.mtp_ids})
             self.model.head = linear(hd, config.vocab_size)
         if HEAD in units:
             self.model.norm = RMSNorm(hd, config.rms_norm_eps)
@@ -191,7 +191,7 @@ class Piece(nn.Module):
             (prefix, block), ids = self.blocks()[0], x["input_ids"]
             positions = _advance(state, "mtp_length", ids)
             h = block.combine(m.embed(ids), x[TAPS])
-            h = block(h, positions, ids, self._ropes[block.ratio], state, prefix + ".")
+            h = block(h, positions, ids, self._ropes[block.layer_type], state, prefix + ".")
             return (self._logits(h, block, block.norm), *(state[n] for n in self._states))
         if EMBED in self.units:
             ids = x["input_ids"]
@@ -201,7 +201,7 @@ class Piece(nn.Module):
             streams, positions = x["streams"], x.get("positions")
         taps = x[TAPS] if self.taps_in else None
         for i, (prefix, block) in zip(self.layer_ids, self.blocks()):
-            streams = block(streams, positions, x["input_ids"], self._ropes[block.ratio], state, prefix + ".")
+            streams = block(streams, positions, x["input_ids"], self._ropes[block.layer_type], state, prefix + ".")
             if i in self.tap_layers:  # DeepseekV4Model.forward's dspark_hidden, one layer at a time
                 tap = streams.float().mean(2)
                 taps = tap if taps is None else torch.cat((taps, tap), -1)
@@ -222,9 +222,9 @@ class Piece(nn.Module):
     def prepare(self) -> None:
         """Ropes (one per layer kind, shared by the piece's layers) and the state order, after loading."""
         c = self.model_config
-        self._ropes = {r: Rope(c.qk_rope_head_dim, c.rope_theta, None) if r == SLIDING
+        self._ropes = {t: Rope(c.qk_rope_head_dim, c.rope_theta, None) if t == SLIDING
                        else Rope(c.qk_rope_head_dim, c.compress_rope_theta, c.yarn_scaling)
-                       for r in {b.ratio for _, b in self.blocks()}}
+                       for t in {b.layer_type for _, b in self.blocks()}}
         self._states = list(self.empty_state(1))
         self._weights: dict[str, tuple[nn.Module, str]] = {}
 

@@ -41,7 +41,6 @@ import torch
 from openvino.passes import MakeStateful, Manager
 from torch import nn
 
-from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA
 from deepseek_v4_ov.model.modeling_deepseek_v4 import (
     MoE, DeepseekV4Cache, DeepseekV4ForCausalLM, set_experts_implementation, set_state_layout,
 )
@@ -70,7 +69,7 @@ def state_shapes(model: DeepseekV4ForCausalLM, max_len: int) -> dict[str, tuple[
         if attn.compressor is not None:
             shapes[p + "entries"] = (1, math.ceil(max_len / attn.ratio), attn.head_dim)
         if attn.indexer is not None:
-            shapes[p + "index_keys"] = (1, math.ceil(max_len / CSA), c.index_head_dim)
+            shapes[p + "index_keys"] = (1, math.ceil(max_len / attn.indexer.compressor.ratio), c.index_head_dim)
     return shapes
 
 

@@ -12,13 +12,16 @@ from functools import lru_cache
 from math import prod
 from pathlib import Path
 
+import torch
+from transformers.initialization import no_init_weights
+
 from deepseek_v4_ov.checkpoint.drafter import DrafterSummary, drafter_summary
 from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME
 from deepseek_v4_ov.checkpoint.release import (
     GROUPS, Checkpoint, check_folder, group_of, logical_tensors, stored_entries,
 )
 from deepseek_v4_ov.compress.policy import WEIGHT_FORMATS, CompressionOptions, theoretical_bytes
-from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA
+from deepseek_v4_ov.model.modeling_deepseek_v4 import Attention
 
 PROJECTED_FORMATS = ("native", *WEIGHT_FORMATS)
 RUNTIME_CONTEXT = 32_768
@@ -66,21 +69,24 @@ def tensor_bytes(config, weight_format: str,
 
 
 def decode_state_bytes(config, context: int = RUNTIME_CONTEXT) -> int:
-    """Bytes of the stateful IR's decode state (f32, batch 1) after `context` tokens, from the config's shapes
-    (the states `DeepseekV4Cache` names): per decoder layer the window (W-1 rows of head_dim); on a
-    compressed layer of ratio r the entries (context/r rows of head_dim) and the open window (at most r-1
-    rows of kv and gate, twice as wide with CSA's overlap); on CSA also the previous halves (r rows of kv and
-    gate) and the indexer's keys (context/4 rows of index_head_dim) with its compressor's own open window
-    and halves. The MTP block is not exported."""
-    d, di = config.head_dim, config.index_head_dim
+    """Bytes of the stateful IR's decode state (f32, batch 1) after `context` tokens (the states
+    `DeepseekV4Cache` names), from the attention module of each decoder layer's kind (built on the meta
+    device): the window (W-1 rows of head_dim); per compressor (a compressed layer's own and, on CSA, the
+    indexer's) of ratio r its entries (context/r rows of its width), the open window (at most r-1 rows of
+    kv and gate, twice as wide where windows overlap) and, where they overlap, the previous halves (r rows
+    of kv and gate). The MTP block is not exported."""
+    with torch.device("meta"), no_init_weights():
+        attention = {kind: Attention(config, kind) for kind in set(config.layer_types)}
     rows = 0
-    for r in config.layer_ratios:
-        rows += min(config.sliding_window - 1, context) * d
-        if r:
-            width = d * (2 if r == CSA else 1)
-            rows += context // r * d + 2 * (r - 1) * width
-        if r == CSA:
-            rows += 2 * r * d + context // CSA * di + 2 * (r - 1) * 2 * di + 2 * r * di
+    for kind in config.layer_types:
+        attn = attention[kind]
+        rows += min(attn.window - 1, context) * attn.head_dim
+        for comp in (attn.compressor, attn.indexer and attn.indexer.compressor):
+            if comp is not None:
+                width = comp.dim * (2 if comp.overlap else 1)
+                rows += context // comp.ratio * comp.dim + 2 * (comp.ratio - 1) * width
+                if comp.overlap:
+                    rows += 2 * comp.ratio * comp.dim
     return STATE_BYTES * rows
 
 

@@ -12,9 +12,13 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-SLIDING, CSA, HCA = 0, 4, 128
-"""The three layer kinds, by compression ratio: sliding window only, compressed sparse attention with the
-lightning indexer (overlapping windows of 4), heavily compressed attention (windows of 128)."""
+SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
+"""The layer kinds (`DeepseekV4Config.layer_types`, named as in transformers): sliding window only,
+compressed sparse attention with the lightning indexer (overlapping windows of 4), heavily compressed
+attention (windows of 128)."""
+
+COMPRESS_RATIOS = {SLIDING: 0, CSA: 4, HCA: 128}
+"""Each layer kind's entry in the official `compress_ratios`: the tokens one compressed entry pools (0: none)."""
 
 MTP, DSPARK = "mtp", "dspark"
 """The drafters a checkpoint can carry under `mtp.*` (see `DeepseekV4Config.drafter`)."""
@@ -38,7 +42,12 @@ FLASH_YARN = {
 def flash_compress_ratios(num_hidden_layers: int, num_nextn_predict_layers: int) -> list[int]:
     """V4-Flash's schedule: two sliding layers, then CSA/HCA alternating; MTP blocks are sliding."""
     layers = [SLIDING if i < 2 else (CSA if i % 2 == 0 else HCA) for i in range(num_hidden_layers)]
-    return layers + [SLIDING] * num_nextn_predict_layers
+    return [COMPRESS_RATIOS[t] for t in layers + [SLIDING] * num_nextn_predict_layers]
+
+
+def layer_type(ratio: int) -> str:
+    """The layer kind of a `compress_ratios` entry."""
+    return next(t for t, r in COMPRESS_RATIOS.items() if r == ratio)
 
 
 class DeepseekV4Config(PretrainedConfig):
@@ -47,6 +56,8 @@ class DeepseekV4Config(PretrainedConfig):
     Field names are those of the official release's config.json. `compress_ratios` has one entry per
     decoder layer followed by one per `mtp.N` block (MTP block, or DSpark stage when the `dspark_*` keys of
     the `-DSpark`/`-0731` releases are present: see `drafter`); `rope_scaling` (YaRN) applies to compressed layers only.
+    `layer_types` (transformers' key) names each decoder layer's kind (`COMPRESS_RATIOS`): derived from
+    `compress_ratios`, or checked against them when given; not saved, config.json keeps `compress_ratios`.
     `experts_implementation` (not an official key, not saved) picks the routed experts' form, one of
     `EXPERTS_IMPLEMENTATIONS`: it changes how the experts are computed, not what.
     """
@@ -68,6 +79,7 @@ class DeepseekV4Config(PretrainedConfig):
         o_lora_rank: int = 1024,
         sliding_window: int = 128,
         compress_ratios: list[int] | None = None,
+        layer_types: list[str] | None = None,
         rope_theta: float = 10000.0,
         compress_rope_theta: float = 160000.0,
         rope_scaling: dict[str, Any] | None = None,
@@ -154,6 +166,8 @@ class DeepseekV4Config(PretrainedConfig):
             eos_token_id=eos_token_id,
             **kwargs,
         )
+        # set after the base class's own checks, whose `layer_types` names are not V4's
+        self.layer_types = None if layer_types is None else list(layer_types)
         self.validate()
 
     # ----------------------------------------------------------------------------------------------
@@ -162,6 +176,7 @@ class DeepseekV4Config(PretrainedConfig):
         out["rope_scaling"] = out.pop("yarn_scaling")
         out.pop("rope_parameters", None)
         out.pop("experts_implementation", None)  # how, not what (like attn_implementation): not saved
+        out.pop("layer_types", None)  # compress_ratios says it
         for key in [k for k in out if k.startswith("dspark_") and out[k] is None]:
             del out[key]  # checkpoints without DSpark have no dspark_* keys
         return out
@@ -192,6 +207,11 @@ class DeepseekV4Config(PretrainedConfig):
         """Compression ratio of each `mtp.N` block (MTP block or DSpark stage)."""
         n = self.num_hidden_layers
         return self.compress_ratios[n : n + self.drafter_blocks]
+
+    @property
+    def mtp_layer_types(self) -> list[str]:
+        """The kind of each `mtp.N` block, from its `compress_ratios` entry."""
+        return [layer_type(r) for r in self.mtp_ratios]
 
     def without_drafter(self) -> DeepseekV4Config:
         """This config with no drafter: the target model alone (`mtp.*` tensors are not part of it)."""
@@ -243,9 +263,18 @@ class DeepseekV4Config(PretrainedConfig):
             fail("compress_ratios", f"has {len(self.compress_ratios)} entries, needs num_hidden_layers + "
                  f"num_nextn_predict_layers = {needed}")
         self.validate_dspark(fail)
-        bad = sorted({r for r in self.compress_ratios[:needed] if r not in (SLIDING, CSA, HCA)})
+        bad = sorted({r for r in self.compress_ratios[:needed] if r not in COMPRESS_RATIOS.values()})
         if bad:
             fail("compress_ratios", f"unknown ratio(s) {bad}; V4 uses 0 (sliding), 4 (CSA), 128 (HCA)")
+        derived = [layer_type(r) for r in self.layer_ratios]
+        if self.layer_types is None:
+            self.layer_types = derived
+        if len(self.layer_types) != self.num_hidden_layers:
+            fail("layer_types", f"has {len(self.layer_types)} entries, needs num_hidden_layers = {self.num_hidden_layers}")
+        for i, (given, kind) in enumerate(zip(self.layer_types, derived)):
+            if given != kind:
+                fail("layer_types", f"layer {i} is {given!r}, but compress_ratios[{i}] = {self.compress_ratios[i]} "
+                     f"makes it {kind!r}")
         yarn = self.yarn_scaling
         if yarn:
             kind = yarn.get("type", yarn.get("rope_type"))
@@ -284,5 +313,5 @@ class DeepseekV4Config(PretrainedConfig):
             fail("compress_ratios", f"DSpark stages are sliding-window blocks (ratio 0), got {stages}")
 
 
-__all__ = ["DeepseekV4Config", "flash_compress_ratios", "SLIDING", "CSA", "HCA", "EXPERTS_IMPLEMENTATIONS", "MTP",
-           "DSPARK"]
+__all__ = ["DeepseekV4Config", "flash_compress_ratios", "layer_type", "SLIDING", "CSA", "HCA", "COMPRESS_RATIOS",
+           "EXPERTS_IMPLEMENTATIONS", "MTP", "DSPARK"]

@@ -4,9 +4,10 @@ Bundled into every exported folder next to `configuration_deepseek_v4.py` (loade
 `trust_remote_code=True`), so it imports only torch, transformers and its sibling config.
 
 Architecture (see V4_ARCHITECTURE.md): low-rank queries, one shared K=V head with attention sinks, partial
-interleaved RoPE (YaRN on compressed layers), a sliding window on every layer plus, per layer, either nothing
-(ratio 0), compressed sparse attention over 4-token overlapping windows chosen by the lightning indexer
-(ratio 4), or heavily compressed attention over 128-token windows (ratio 128); grouped low-rank output;
+interleaved RoPE (YaRN on compressed layers), a sliding window on every layer plus, per layer kind
+(`config.layer_types`), either nothing (sliding_attention), compressed sparse attention over 4-token
+overlapping windows chosen by the lightning indexer (compressed_sparse_attention), or heavily compressed
+attention over 128-token windows (heavily_compressed_attention); grouped low-rank output;
 manifold-constrained hyper-connections (mHC, Sinkhorn-normalised) around every block; an MoE on every layer
 (sqrtsoftplus scores, bias-corrected top-k or hash routing by token id, a shared expert, SwiGLU clamp); and
 a drafter under `mtp.*`: the base release's multi-token-prediction (MTP) block, or the `-DSpark`/`-0731`
@@ -35,7 +36,9 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from .configuration_deepseek_v4 import CSA, DSPARK, EXPERTS_IMPLEMENTATIONS, MTP, SLIDING, DeepseekV4Config
+from .configuration_deepseek_v4 import (
+    COMPRESS_RATIOS, CSA, DSPARK, EXPERTS_IMPLEMENTATIONS, MTP, SLIDING, DeepseekV4Config,
+)
 
 NEG_INF = float("-inf")
 
@@ -283,7 +286,7 @@ class Compressor(nn.Module):
 
     Each token contributes projected rows c = wkv·x and gates z = wgate·x + ape[t mod ratio]; an entry is a
     per-channel softmax(z)-weighted sum of c over its window, RMS-normalised and RoPE'd at the position of
-    the window's first token. With `overlap` (ratio 4, CSA) rows are 2*dim wide: entry w pools the first
+    the window's first token. With `overlap` (CSA, ratio 4) rows are 2*dim wide: entry w pools the first
     halves of window w-1 and the second halves of window w (8 slots per channel).
 
     State (all FP32, growing layout; see `FixedState` for the other): `pending_kv/pending_gate
@@ -292,9 +295,9 @@ class Compressor(nn.Module):
     zero-initialised state is valid).
     """
 
-    def __init__(self, config: DeepseekV4Config, ratio: int, dim: int) -> None:
+    def __init__(self, config: DeepseekV4Config, ratio: int, dim: int, overlap: bool) -> None:
         super().__init__()
-        self.ratio, self.dim, self.overlap = ratio, dim, ratio == CSA
+        self.ratio, self.dim, self.overlap = ratio, dim, overlap
         width = dim * (2 if self.overlap else 1)
         self.wkv = linear(config.hidden_size, width)
         self.wgate = linear(config.hidden_size, width)
@@ -363,7 +366,7 @@ class Indexer(nn.Module):
         self.n_heads, self.head_dim, self.topk = config.index_n_heads, config.index_head_dim, config.index_topk
         self.wq_b = linear(config.q_lora_rank, self.n_heads * self.head_dim)
         self.weights_proj = linear(config.hidden_size, self.n_heads)
-        self.compressor = Compressor(config, CSA, self.head_dim)
+        self.compressor = Compressor(config, COMPRESS_RATIOS[CSA], self.head_dim, overlap=True)
         self.state_layout = STATE_LAYOUTS["growing"]
 
     def scores(
@@ -375,7 +378,7 @@ class Indexer(nn.Module):
         weights = self.weights_proj(x).float() * self.n_heads**-0.5
         dots = shared_scores(q, keys.float()).relu() * self.head_dim**-0.5  # [B, S, H, T]
         scores = torch.matmul(weights.unsqueeze(-2), dots).squeeze(-2)
-        return scores.masked_fill(~visible_entries(positions, keys.shape[1], CSA), NEG_INF)
+        return scores.masked_fill(~visible_entries(positions, keys.shape[1], self.compressor.ratio), NEG_INF)
 
     def forward(
         self,
@@ -389,7 +392,7 @@ class Indexer(nn.Module):
         """Return picked entry indices `[B, S, k]` and their validity."""
         keys = self.compressor(x, positions, rope, state, prefix + "index_", prefix + "index_keys")
         picks = self.state_layout.topk(self.scores(x, qr, positions, rope, keys), self.topk)
-        valid = picks < torch.div(positions + 1, CSA, rounding_mode="floor").unsqueeze(-1)
+        valid = picks < torch.div(positions + 1, self.compressor.ratio, rounding_mode="floor").unsqueeze(-1)
         return picks, valid
 
 
@@ -416,9 +419,9 @@ class Attention(nn.Module):
     CSA the indexer's) state.
     """
 
-    def __init__(self, config: DeepseekV4Config, ratio: int) -> None:
+    def __init__(self, config: DeepseekV4Config, layer_type: str) -> None:
         super().__init__()
-        self.ratio = ratio
+        self.ratio = COMPRESS_RATIOS[layer_type]
         self.n_heads, self.head_dim = config.num_attention_heads, config.head_dim
         self.window, self.groups = config.sliding_window, config.o_groups
         self.eps = config.rms_norm_eps
@@ -431,8 +434,8 @@ class Attention(nn.Module):
         self.wo_a = linear(self.n_heads * self.head_dim // self.groups, self.groups * config.o_lora_rank)
         self.wo_b = linear(self.groups * config.o_lora_rank, hd)
         self.attn_sink = nn.Parameter(torch.zeros(self.n_heads))
-        self.compressor = Compressor(config, ratio, self.head_dim) if ratio else None
-        self.indexer = Indexer(config) if ratio == CSA else None
+        self.compressor = Compressor(config, self.ratio, self.head_dim, layer_type == CSA) if self.ratio else None
+        self.indexer = Indexer(config) if layer_type == CSA else None
         self.state_layout = STATE_LAYOUTS["growing"]
 
     def kv_rows(self, x: torch.Tensor, rot: Rotation) -> torch.Tensor:
@@ -802,12 +805,12 @@ def hc_collapse(streams: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
 class Block(nn.Module):
     """One decoder layer: mHC-wrapped attention, then mHC-wrapped MoE."""
 
-    def __init__(self, config: DeepseekV4Config, ratio: int, hashed: bool) -> None:
+    def __init__(self, config: DeepseekV4Config, layer_type: str, hashed: bool) -> None:
         super().__init__()
         n, hd = config.hc_mult, config.hidden_size
-        self.n, self.ratio = n, ratio
+        self.n, self.layer_type = n, layer_type
         self.eps, self.hc_eps, self.iters = config.rms_norm_eps, config.hc_eps, config.hc_sinkhorn_iters
-        self.attn = Attention(config, ratio)
+        self.attn = Attention(config, layer_type)
         self.ffn = MoE(config, hashed)
         self.attn_norm = RMSNorm(hd, config.rms_norm_eps)
         self.ffn_norm = RMSNorm(hd, config.rms_norm_eps)
@@ -871,8 +874,8 @@ class MTPBlock(Block):
     the embedding of token t+1, runs one sliding-window block, and predicts token t+2 through its own
     hc_head and norm and the shared `head`."""
 
-    def __init__(self, config: DeepseekV4Config, ratio: int) -> None:
-        super().__init__(config, ratio, hashed=False)
+    def __init__(self, config: DeepseekV4Config, layer_type: str) -> None:
+        super().__init__(config, layer_type, hashed=False)
         hd, n = config.hidden_size, config.hc_mult
         self.e_proj, self.h_proj = linear(hd, hd), linear(hd, hd)
         self.enorm = RMSNorm(hd, config.rms_norm_eps)
@@ -911,8 +914,8 @@ class DSparkStage(Block):
     (tapped target hidden states `[.., n_targets*hidden]` -> hidden) and `main_norm`; the last stage holds
     `norm`, its own `hc_head_*`, the `markov_head` and the `confidence_head` (one stage can be both)."""
 
-    def __init__(self, config: DeepseekV4Config, ratio: int, first: bool, last: bool) -> None:
-        super().__init__(config, ratio, hashed=False)
+    def __init__(self, config: DeepseekV4Config, layer_type: str, first: bool, last: bool) -> None:
+        super().__init__(config, layer_type, hashed=False)
         hd, n, rank = config.hidden_size, config.hc_mult, config.dspark_markov_rank
         self.attn = DSparkAttention(config)
         if first:
@@ -1118,15 +1121,15 @@ class DeepseekV4Model(DeepseekV4PreTrainedModel):
         hd, n = config.hidden_size, config.hc_mult
         self.embed = nn.Embedding(config.vocab_size, hd)
         self.layers = nn.ModuleList(
-            Block(config, ratio, hashed=i < config.num_hash_layers) for i, ratio in enumerate(config.layer_ratios)
+            Block(config, kind, hashed=i < config.num_hash_layers) for i, kind in enumerate(config.layer_types)
         )
         self.norm = RMSNorm(hd, config.rms_norm_eps)
         HcHead.add_parameters(self, n, hd)
-        ratios = config.mtp_ratios
+        kinds = config.mtp_layer_types
         if config.drafter == DSPARK:
-            self.mtp = nn.ModuleList(DSparkStage(config, r, j == 0, j == len(ratios) - 1) for j, r in enumerate(ratios))
+            self.mtp = nn.ModuleList(DSparkStage(config, k, j == 0, j == len(kinds) - 1) for j, k in enumerate(kinds))
         else:
-            self.mtp = nn.ModuleList(MTPBlock(config, ratio) for ratio in ratios)
+            self.mtp = nn.ModuleList(MTPBlock(config, kind) for kind in kinds)
         rope_dim = config.qk_rope_head_dim
         self.rope_main = Rope(rope_dim, config.rope_theta, None)
         self.rope_compress = Rope(rope_dim, config.compress_rope_theta, config.yarn_scaling)
@@ -1138,8 +1141,8 @@ class DeepseekV4Model(DeepseekV4PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed = value
 
-    def rope_for(self, ratio: int) -> Rope:
-        return self.rope_main if ratio == SLIDING else self.rope_compress
+    def rope_for(self, layer_type: str) -> Rope:
+        return self.rope_main if layer_type == SLIDING else self.rope_compress
 
     def empty_cache(self, batch_size: int, device: torch.device | None = None) -> DeepseekV4Cache:
         """A fresh cache: every state at the start of a sequence."""
@@ -1199,7 +1202,8 @@ class DeepseekV4Model(DeepseekV4PreTrainedModel):
         h = self.embed(input_ids)
         streams = h.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
         for i, block in enumerate(self.layers):
-            streams = block(streams, positions, input_ids, self.rope_for(block.ratio), cache.tensors, f"layers.{i}.")
+            rope = self.rope_for(block.layer_type)
+            streams = block(streams, positions, input_ids, rope, cache.tensors, f"layers.{i}.")
             if layer_streams is not None:
                 layer_streams.append(streams)
         return streams
@@ -1283,7 +1287,7 @@ class DeepseekV4ForCausalLM(DeepseekV4Model, GenerationMixin):
         block = self.mtp[depth]
         positions = self.positions_for(next_input_ids, cache, None, None, "mtp_length")
         x = block.combine(self.embed(next_input_ids), streams)
-        x = block(x, positions, next_input_ids, self.rope_for(block.ratio), cache.tensors, f"mtp.{depth}.")
+        x = block(x, positions, next_input_ids, self.rope_for(block.layer_type), cache.tensors, f"mtp.{depth}.")
         cache.tensors["mtp_length"] = cache.tensors["mtp_length"] + next_input_ids.shape[1]
         return self.head(self.head_hidden(x, block, block.norm)).float()
 

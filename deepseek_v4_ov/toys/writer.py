@@ -21,7 +21,7 @@ import torch
 
 from deepseek_v4_ov.checkpoint.layout import AUTO_MAP, CONFIG_NAME, atomic_output_dir, copy_bundled_code, write_shards
 from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, round_to_release, storage_class
-from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP, SLIDING, DeepseekV4Config
+from deepseek_v4_ov.model.configuration_deepseek_v4 import COMPRESS_RATIOS, DSPARK, MTP, SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from deepseek_v4_ov.toys.tokenizer import write_toy_tokenizer
 
@@ -88,18 +88,18 @@ def with_drafter(fields: dict[str, Any], drafter: str) -> dict[str, Any]:
     if drafter not in DRAFTERS:
         raise ValueError(f"--drafter {drafter!r}: choose one of {', '.join(DRAFTERS)}")
     config = DeepseekV4Config(**fields)
-    layers, n = config.layer_ratios, config.num_hidden_layers
+    layers, n, sliding = config.layer_ratios, config.num_hidden_layers, COMPRESS_RATIOS[SLIDING]
     out = {k: v for k, v in fields.items() if k not in DSPARK_KEYS}
     if drafter == "none":
         return {**out, "num_nextn_predict_layers": 0, "compress_ratios": layers}
     if drafter == MTP:
         blocks = config.drafter_blocks if config.drafter == MTP else 1
-        return {**out, "num_nextn_predict_layers": blocks, "compress_ratios": layers + [SLIDING] * blocks}
+        return {**out, "num_nextn_predict_layers": blocks, "compress_ratios": layers + [sliding] * blocks}
     dspark = {**DSPARK_TOY, "dspark_noise_token_id": config.vocab_size - 1,
               "dspark_target_layer_ids": list(range(max(0, n - DSPARK_TOY_TARGETS), n))}
     dspark.update({k: fields[k] for k in DSPARK_KEYS if fields.get(k) is not None})
     return {**out, **dspark, "num_nextn_predict_layers": 1,
-            "compress_ratios": layers + [SLIDING] * DSPARK_TOY_STAGES}
+            "compress_ratios": layers + [sliding] * DSPARK_TOY_STAGES}
 
 
 def toy_config(preset: dict[str, Any], sets: Iterable[str] = (), drafter: str | None = None) -> dict[str, Any]:
