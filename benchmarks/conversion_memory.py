@@ -195,9 +195,10 @@ def export_measured(src: Path, out: Path, fmt: str, keep: bool = False, jobs: in
 
 def flash_ir_bytes(flash, fmt: str) -> float:
     """V4-Flash's IR weights in `fmt` (the dry run's figure: the policy's theoretical bytes)."""
+    from deepseek_v4_ov.compress.formats import format_named
     from deepseek_v4_ov.compress.policy import CompressionOptions, theoretical_bytes
 
-    if fmt == "native":
+    if format_named(fmt).keeps_release_codes:
         return V4_FLASH_CHECKPOINT_BYTES
     return sum(theoretical_bytes(flash, CompressionOptions(fmt)).values())
 

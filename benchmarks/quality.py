@@ -16,7 +16,7 @@ forms (`benchmarks/results/v4_flash_projection.json`, 16-core Xeon): decode at V
 reading these weights, which a toy cannot show.
 
 The default recipe (`choose`): among the int4 variants (the runnable 4-bit format: mxfp4/native keep the
-FP4 codes but the CPU plugin expands them to f32, `dryrun.CPU_EXPANSION`), KL first: the lowest mean KL
+FP4 codes but the CPU plugin expands them to f32, `WeightFormat.cpu_expansion`), KL first: the lowest mean KL
 relative to the current default (`int4`) on the same model, averaged over the models that measured the
 variant (the toys' KL differ by model, the ratio does not depend on it); variants equal at two significant
 digits count as equal, and the fastest form of those at V4-Flash width (experts + head) wins (speed second).

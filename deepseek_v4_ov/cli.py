@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from deepseek_v4_ov.toys.writer import DRAFTERS, FORMATS
+from deepseek_v4_ov.checkpoint.release import STORAGE_FORMATS
+from deepseek_v4_ov.toys.writer import DRAFTERS
 
 
 def add_toy(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", type=Path)
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=FORMATS, default="bf16", help="storage format of the weights")
+    p.add_argument("--format", choices=STORAGE_FORMATS, default="bf16", help="storage format of the weights")
     p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                    help="override one config.json field of the preset (repeatable; the value is JSON when it "
                         "parses, e.g. --set n_routed_experts=256 --set 'compress_ratios=[4]', else a string)")
@@ -64,8 +65,9 @@ def run_toy(args: argparse.Namespace) -> None:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, HEAD_PRECISIONS, WEIGHT_FORMATS
-    from deepseek_v4_ov.export.options import AUTO, DRAFTERS, NO_DRAFTER, RELEASE_DEFAULT_FORMAT
+    from deepseek_v4_ov.compress.formats import AUTO, NATIVE, RELEASE_DEFAULT, WEIGHT_FORMATS
+    from deepseek_v4_ov.compress.policy import BACKUP_PRECISIONS, GROUP_SIZE_FALLBACKS, HEAD_PRECISIONS
+    from deepseek_v4_ov.export.options import DRAFTERS, NO_DRAFTER
 
     p = sub.add_parser("export", help="export a V4 checkpoint folder to OpenVINO (options as `optimum-cli export "
                                       "openvino`)")
@@ -77,10 +79,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                                           "format and for this export, the projected IR size, "
                                                           "conversion peak and runtime memory, reading no weights "
                                                           "(with OUTPUT: also whether it fits there)")
-    p.add_argument("--weight-format", default=AUTO,
-                   help=f"one of {', '.join(WEIGHT_FORMATS)}, native (the release's FP4/FP8 codes kept as "
-                        f"f4e2m1/f8e4m3 + f8e8m0) or auto (default: {RELEASE_DEFAULT_FORMAT} for a release-layout "
-                        "FP8/FP4 source, fp32 for BF16/FP32 sources such as the toys)")
+    p.add_argument("--weight-format", default=AUTO.name,
+                   help=f"one of {', '.join(WEIGHT_FORMATS)}, {NATIVE.name} (the release's FP4/FP8 codes kept as "
+                        f"f4e2m1/f8e4m3 + f8e8m0) or {AUTO.name} (default: {RELEASE_DEFAULT.name} for a "
+                        "release-layout FP8/FP4 source, fp32 for BF16/FP32 sources such as the toys)")
     p.add_argument("--streaming", action="store_true", help="accepted for compatibility: the IR is always built "
                                                             "piece by piece (one layer's weights at a time)")
     p.add_argument("--whole", action="store_true", help="trace the model as one piece (all weights at once; the "

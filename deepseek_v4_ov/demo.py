@@ -22,7 +22,7 @@ import torch
 SEQ = 300  # crosses the 64-token window and two ratio-128 boundaries of `seed`
 NEW_TOKENS = 32
 PPL_WINDOWS, PPL_LENGTH = 4, 256
-FORMATS = ("fp32", "int8", "int4")
+DEMO_WEIGHT_FORMATS = ("fp32", "int8", "int4")
 CODE_PROMPT = "import os\nimport sys\n\n\ndef main():\n    args = sys.argv[1:]\n    if not args:\n        print("
 
 
@@ -67,7 +67,7 @@ def main(workdir: Path) -> None:
 
     rows = [("PyTorch port (eager)", "-", "0", "0", "1.000", f"{torch_ppl:.3f}", "-", f"{NEW_TOKENS}/{NEW_TOKENS}",
              f"{torch_tps:.1f}")]
-    for fmt in FORMATS:
+    for fmt in DEMO_WEIGHT_FORMATS:
         out_dir = workdir / f"trained-ov-{fmt}"
         print(f"[2/4] {fmt}: ", end="")
         ensure_export(folder, out_dir, weight_format=fmt)

@@ -168,7 +168,7 @@ def test_export_that_does_not_fit_is_refused(toy, tmp_path, capsys, monkeypatch)
 
 
 def test_native_refused_where_the_cpu_would_expand_it_beyond_memory(tmp_path, capsys, monkeypatch):
-    """`native`/`mxfp4`: the CPU plugin expands f4e2m1 experts to f32 (CPU_EXPANSION, measured); an export
+    """`native`/`mxfp4`: the CPU plugin expands f4e2m1 experts to f32 (cpu_expansion, measured); an export
     whose expanded weights exceed this machine's memory is refused before any work, naming the factor and
     int4; the dry run too. Where they fit (the toys) the export runs."""
     src = tmp_path / "seed-fp8"

@@ -6,10 +6,10 @@ import pytest
 
 from deepseek_v4_ov.checkpoint.layout import CheckpointReader
 from deepseek_v4_ov.checkpoint.release import expected_tensors, logical_tensors
-from deepseek_v4_ov.checkpoint.toy import toy_config, write_toy
+from deepseek_v4_ov.toys.writer import toy_config, write_toy
 from deepseek_v4_ov.model.configuration_deepseek_v4 import CSA, HCA, SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
-from toy.presets import PRESETS
+from deepseek_v4_ov.toys.presets import PRESETS
 
 SMALL = {**PRESETS["seed"], "num_hidden_layers": 4, "num_nextn_predict_layers": 1, "compress_ratios": [0, 4, 128, 4, 0]}
 

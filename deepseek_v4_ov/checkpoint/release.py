@@ -34,7 +34,9 @@ from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 
 # Storage classes of one logical (port) tensor.
 FP8, FP4, BF16, F32, I64 = "fp8", "fp4", "bf16", "f32", "i64"
-FORMATS = ("fp8", "bf16", "fp32")  # "fp8" is the release layout (FP8 + FP4 experts + E8M0 scales)
+STORAGE_FORMATS = ("bf16", "fp32", "fp8")
+"""A source checkpoint's storage formats (`Checkpoint.fmt`; not the output formats, `compress/formats.py`):
+fp8 is the release layout, FP4 routed experts and FP8 linears with E8M0 scales, the rest BF16/F32/I64."""
 
 # config.json keys that describe the release's storage, not the model (dropped from a loaded or exported model)
 STORAGE_ONLY_KEYS = ("quantization_config", "expert_dtype")
@@ -86,14 +88,15 @@ def model_tensors(geometry: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((name, tuple(t.shape)) for name, t in model.state_dict().items())
 
 
-def stored_entries(name: str, shape: tuple[int, ...], fmt: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The file tensors (name -> (safetensors dtype, shape)) that hold one port tensor in format `fmt`."""
+def stored_entries(name: str, shape: tuple[int, ...], source_format: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The file tensors (name -> (safetensors dtype, shape)) that hold one port tensor in storage format
+    `source_format`."""
     kind = storage_class(name)
     if kind == I64:
         return {name: ("I64", shape)}
-    if fmt == "fp32":
+    if source_format == "fp32":
         return {name: ("F32", shape)}
-    if fmt == "bf16" or kind in (BF16, F32):
+    if source_format == "bf16" or kind in (BF16, F32):
         return {name: ("F32" if kind == F32 else "BF16", shape)}
     rows, cols = shape
     if kind == FP8:
@@ -104,14 +107,14 @@ def stored_entries(name: str, shape: tuple[int, ...], fmt: str) -> dict[str, tup
     return {name: ("I8", (rows, cols // 2)), scale_name(name): ("F8_E8M0", (rows, cols // quant.FP4_GROUP))}
 
 
-def expected_tensors(config: DeepseekV4Config, fmt: str = "fp8") -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Every file tensor of a checkpoint for `config` in format `fmt` ("fp8" = the release layout, with
-    `.scale` companions; "bf16"; "fp32"): name -> (safetensors dtype string, shape)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown storage format {fmt!r}; choose one of {FORMATS}")
+def expected_tensors(config: DeepseekV4Config, source_format: str = "fp8") -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every file tensor of a checkpoint for `config` in storage format `source_format` ("fp8" = the release
+    layout, with `.scale` companions; "bf16"; "fp32"): name -> (safetensors dtype string, shape)."""
+    if source_format not in STORAGE_FORMATS:
+        raise ValueError(f"unknown storage format {source_format!r}; choose one of {STORAGE_FORMATS}")
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, shape in logical_tensors(config).items():
-        out.update(stored_entries(name, shape, fmt))
+        out.update(stored_entries(name, shape, source_format))
     return out
 
 

@@ -34,8 +34,6 @@ import torch
 
 from deepseek_v4_ov.checkpoint import quant
 
-NATIVE = "native"
-
 
 def _const(codes: np.ndarray, etype: ov.Type, shape: list[int], name: str):
     """A Constant of a sub-byte/8-bit element type holding `codes` (uint8 bytes, packed as OpenVINO packs)."""

@@ -71,13 +71,14 @@ import numpy as np
 import openvino as ov
 
 from deepseek_v4_ov.checkpoint.release import BF16, F32, FP4, FP8, I64, group_of, storage_class
+from deepseek_v4_ov.compress.formats import (
+    DATA_AWARE_FORMATS, FOUR_BIT_FORMATS, INT8, QUANTISED_FORMATS, WeightFormat, format_named,
+)
 from deepseek_v4_ov.compress.quantise import compress_ops
 
-WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4", "mxfp4")
 BACKUP_PRECISIONS = ("none", "int8_sym", "int8_asym")
 GROUP_SIZE_FALLBACKS = ("error", "ignore", "adjust")
 HEAD_PRECISIONS = ("int8", "f16", "int4")
-DEFAULT_GROUP_SIZE = {"int4": 64, "mxfp4": 32}
 OTHER = "other constants"
 
 # ops NNCF may compress the weights of; every one outside a pass's target set goes to its ignored_scope
@@ -96,8 +97,8 @@ _SUFFIX_RE = re.compile(r"^(.*?)(?:_compressed)?(?:/(scale|zero_point|second_ord
 class CompressionOptions:
     """What `optimum-cli export openvino` calls the weight-only compression options (data-free ones)."""
 
-    weight_format: str = "fp32"
-    group_size: int | None = None  # None: DEFAULT_GROUP_SIZE (int4/mxfp4), per channel (-1) for int8
+    weight_format: str = "fp32"  # a policy format's name (`format`: its record)
+    group_size: int | None = None  # None: the format's default_group_size
     sym: bool | None = None  # None: symmetric for int4, asymmetric for int8
     ratio: float | None = None  # None: 1.0
     backup_precision: str | None = None  # None: int8_asym
@@ -108,61 +109,62 @@ class CompressionOptions:
     scale_estimation: bool = False  # data-aware (a dataset given to `compress_with`): int4 only
 
     @property
+    def format(self) -> WeightFormat:
+        """The record of `weight_format`; ValueError for a name that is not a policy format."""
+        return format_named(self.weight_format, policy=True)
+
+    @property
     def symmetric(self) -> bool:
-        return self.sym if self.sym is not None else self.weight_format == "int4"
+        return self.sym if self.sym is not None else self.format.default_sym
 
     @property
     def data_free(self) -> bool:
         """Whether NNCF would compress each weight on its own values alone (ratio 1, no AWQ, no scale
         estimation): then the exact quantiser (`compress/quantise.py`) computes what it would; else NNCF ranks
         or scales across weights. A dataset given to `compress_with` also sends it to NNCF (data-aware)."""
-        return (self.weight_format in ("int8", "int4", "mxfp4") and not self.awq and not self.scale_estimation
+        return (self.format.quantised and not self.awq and not self.scale_estimation
                 and self.resolved().get("ratio", 1.0) == 1.0)
 
     @property
     def head_int8(self) -> bool:
         """Whether the LM head is stored in 8 bit (the default of the compressed formats: decode reads the
         whole head every token, see the module docstring)."""
-        return self.weight_format in ("int8", "int4", "mxfp4") and (self.head_precision or "int8") == "int8"
+        return self.format.quantised and (self.head_precision or "int8") == "int8"
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that does not apply to the chosen format."""
-        fmt = self.weight_format
-        if fmt not in WEIGHT_FORMATS:
-            raise ValueError(f"unsupported weight format {fmt!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
-        four_bit = fmt in ("int4", "mxfp4")
+        fmt = self.format
         given = {"--group-size": self.group_size is not None, "--ratio": self.ratio is not None,
                  "--backup-precision": self.backup_precision is not None, "--awq": self.awq,
                  "--group-size-fallback": self.group_size_fallback is not None,
                  "--scale-estimation": self.scale_estimation}
         if self.head_precision is not None and self.head_precision not in HEAD_PRECISIONS:
             raise ValueError(f"--head-precision {self.head_precision!r}: choose one of {', '.join(HEAD_PRECISIONS)}")
-        if fmt in ("fp32", "fp16"):
+        if not fmt.quantised:
             given.update({"--sym": self.sym is True, "--asym": self.sym is False, "--all-layers": self.all_layers,
                           "--head-precision": self.head_precision is not None})
             bad = [k for k, v in given.items() if v]
             if bad:
-                raise ValueError(f"{bad[0]} applies to int8/int4/mxfp4 weight formats, not {fmt}")
+                raise ValueError(f"{bad[0]} applies to {'/'.join(QUANTISED_FORMATS)} weight formats, not {fmt.name}")
             return
-        if fmt == "int8":
+        four_bit = f"4-bit weight formats ({', '.join(FOUR_BIT_FORMATS)})"
+        if fmt.eight_bit_primary:
             bad = [k for k, v in given.items() if v and k not in ("--group-size", "--head-precision")]
             if bad:
-                raise ValueError(f"{bad[0]} applies to 4-bit weight formats (int4, mxfp4), not int8")
-            if self.group_size not in (None, -1):
-                raise ValueError(f"--group-size {self.group_size}: int8 is per output channel (-1) here")
+                raise ValueError(f"{bad[0]} applies to {four_bit}, not {fmt.name}")
+        else:
+            if self.scale_estimation and not fmt.data_aware:
+                raise ValueError(f"--scale-estimation applies to {', '.join(DATA_AWARE_FORMATS)}, not {fmt.name}")
+            if self.sym and not fmt.integer:
+                raise ValueError(f"--sym applies to integer formats; {fmt.name} has no zero point")
+        if fmt.group_rule and self.group_size not in (None, fmt.default_group_size):
+            raise ValueError(f"--group-size {self.group_size}: {fmt.group_rule}")
+        if fmt.eight_bit_primary:
             if self.head_precision == "int4":
-                raise ValueError("--head-precision int4 applies to 4-bit weight formats (int4, mxfp4), not int8")
+                raise ValueError(f"--head-precision int4 applies to {four_bit}, not {fmt.name}")
             return
-        if self.scale_estimation and fmt != "int4":
-            raise ValueError(f"--scale-estimation applies to int4, not {fmt}")
-        if fmt == "mxfp4":
-            if self.sym:
-                raise ValueError("--sym applies to integer formats; mxfp4 has no zero point")
-            if self.group_size not in (None, 32):
-                raise ValueError(f"--group-size {self.group_size}: mxfp4 uses groups of 32 (the MX block size)")
-            if self.awq:
-                raise ValueError("--awq is not supported by NNCF for mxfp4")
-        assert four_bit
+        if self.awq and not fmt.takes_awq:
+            raise ValueError(f"--awq is not supported by NNCF for {fmt.name}")
         if self.group_size is not None and not (self.group_size == -1 or self.group_size > 0):
             raise ValueError(f"--group-size {self.group_size}: a positive group size or -1 (per channel)")
         if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
@@ -176,17 +178,16 @@ class CompressionOptions:
 
     def resolved(self) -> dict[str, Any]:
         """The options with defaults filled in, as recorded in openvino_config.json."""
-        fmt = self.weight_format
-        out: dict[str, Any] = {"weight_format": fmt}
-        if fmt in ("fp32", "fp16"):
+        fmt = self.format
+        out: dict[str, Any] = {"weight_format": fmt.name}
+        if not fmt.quantised:
             return out
-        if fmt == "int8":
-            return {**out, "mode": "int8_sym" if self.symmetric else "int8_asym", "group_size": -1,
+        if fmt.eight_bit_primary:
+            return {**out, "mode": fmt.mode(self.symmetric), "group_size": fmt.default_group_size,
                     "all_layers": self.all_layers, "head_precision": self.head_precision or "int8"}
-        mode = "mxfp4" if fmt == "mxfp4" else ("int4_sym" if self.symmetric else "int4_asym")
-        default_group = self.group_size is None and fmt == "int4"
-        return {**out, "mode": mode,
-                "group_size": DEFAULT_GROUP_SIZE[fmt] if self.group_size is None else self.group_size,
+        default_group = self.group_size is None and not fmt.group_rule
+        return {**out, "mode": fmt.mode(self.symmetric),
+                "group_size": fmt.default_group_size if self.group_size is None else self.group_size,
                 "ratio": 1.0 if self.ratio is None else self.ratio,
                 "backup_precision": self.backup_precision or "int8_asym",
                 "all_layers": self.all_layers, "awq": self.awq, "scale_estimation": self.scale_estimation,
@@ -339,7 +340,7 @@ def target_of(name: str, opts: CompressionOptions, elements: int) -> str:
     kind = storage_class(name)
     if kind == FP4:
         return PRIMARY
-    eight = PRIMARY if opts.weight_format == "int8" else EIGHT_BIT
+    eight = PRIMARY if opts.format.eight_bit_primary else EIGHT_BIT
     if kind == FP8:
         return PRIMARY if opts.all_layers else eight
     if kind == BF16 and name in ("embed.weight", "head.weight") and opts.all_layers:
@@ -348,7 +349,7 @@ def target_of(name: str, opts: CompressionOptions, elements: int) -> str:
         return PRIMARY  # validate() allows it for the 4-bit formats only
     if name == "head.weight" and opts.head_int8:
         return eight
-    if (kind == BF16 and elements >= LARGE_BF16 and opts.weight_format in ("int8", "int4", "mxfp4")
+    if (kind == BF16 and elements >= LARGE_BF16 and opts.format.quantised
             and name not in ("embed.weight", "head.weight") and not name.endswith(".ffn.gate.weight")):
         return eight
     if kind == BF16:
@@ -399,10 +400,10 @@ def compress_with(ov_model: ov.Model, opts: CompressionOptions, verbose: bool = 
     opts.validate()
     if opts.scale_estimation and dataset is None:
         raise ValueError("--scale-estimation is data-aware: it needs --dataset")
-    fmt = opts.weight_format
-    if fmt == "fp32":
+    fmt = opts.format
+    if not fmt.compressed:
         return ov_model
-    if fmt != "fp16":
+    if fmt.quantised:
         # data-free (ratio 1, no AWQ, no scale estimation, no dataset): the exact quantiser, NNCF's constants
         # computed directly; else NNCF
         r = opts.resolved()
@@ -433,7 +434,7 @@ def _nncf_primary(ov_model: ov.Model, opts: CompressionOptions, ops: set[str], v
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     r = opts.resolved()
     kwargs: dict[str, Any] = {}
-    if opts.weight_format != "int8":  # NNCF's INT8 modes take none of these (per channel, no ratio)
+    if not opts.format.eight_bit_primary:  # NNCF's INT8 modes take none of these (per channel, no ratio)
         kwargs = {
             "all_layers": True,  # embed/head are placed by the policy, not by NNCF
             "ratio": r["ratio"], "group_size": r["group_size"],
@@ -486,22 +487,24 @@ def _bits_per_element(target: str, opts: CompressionOptions, in_features: int) -
     """Storage bits per weight element of a [*, in_features] matrix placed at `target` (scales and zero
     points included: f16 scales, u4/u8 zero points, E8M0 MX scales)."""
     r = opts.resolved()
-    fmt = opts.weight_format
-    if fmt == "fp32" or target == FULL:
+    fmt = opts.format
+    if target == FULL:
         return 32.0
-    if fmt == "fp16" or target == HALF:
+    if not fmt.quantised:
+        return float(fmt.bits)
+    if target == HALF:
         return 16.0
 
     def eight(mode: str) -> float:
-        return 8 + (16 + (0 if mode == "int8_sym" else 8)) / in_features
+        return INT8.stored_bits(mode == "int8_sym", in_features)
 
     if target == EIGHT_BIT:
         backup = r.get("backup_precision", "int8_asym")
         return 16.0 if backup == "none" else eight(backup)
-    if fmt == "int8":
-        return eight(r["mode"])
+    if fmt.eight_bit_primary:
+        return fmt.stored_bits(opts.symmetric, in_features)
     g = in_features if r["group_size"] == -1 else r["group_size"]
-    four = 4 + 8 / 32 if fmt == "mxfp4" else 4 + (16 + (0 if opts.symmetric else 4)) / g
+    four = fmt.stored_bits(opts.symmetric, g)
     backup = r["backup_precision"]
     rest = 16.0 if backup == "none" else eight(backup)
     return r["ratio"] * four + (1 - r["ratio"]) * rest
@@ -595,6 +598,6 @@ def format_report(report: dict[str, GroupPrecision]) -> str:
     return "\n".join(f"  {g:<{width}}  {p.nbytes / 1e6:8.3f} MB  {p.describe()}" for g, p in report.items())
 
 
-__all__ = ["WEIGHT_FORMATS", "BACKUP_PRECISIONS", "GROUP_SIZE_FALLBACKS", "CompressionOptions", "compress",
+__all__ = ["BACKUP_PRECISIONS", "GROUP_SIZE_FALLBACKS", "CompressionOptions", "compress",
            "compress_with", "plan", "precision_report", "format_report", "report_dict", "resolve",
            "weight_constants", "target_of", "theoretical_bytes", "F32", "row_block_name"]

@@ -136,7 +136,7 @@ def bind_weights(ov_model: ov.Model, source, compression: CompressionOptions | N
                 _bind_row_blocks(param, split, source.tensor(name), name)
             ov_model.remove_parameter(param)
     ov_model.validate_nodes_and_infer_types()
-    if compression is not None and compression.weight_format != "fp32":
+    if compression is not None and compression.format.compressed:
         compress_with(ov_model, compression)
     for name, sub in coded.items():  # after NNCF, which must not see them
         _replace(params[name], sub.output(0))
@@ -176,7 +176,7 @@ def _experts(source, layer: str, params: dict[str, ov.Node], compression: Compre
     shapes = {k: tuple(p.get_output_shape(0)) for k, p in params.items()}
     experts = shapes["w1"][0]
     labels = {k: f"self.model.{layer}.ffn.experts.0.{k}.weight" for k in params}  # the policy's names
-    if compression is None or compression.weight_format == "fp32":
+    if compression is None or not compression.format.compressed:
         out = {}
         for k, shape in shapes.items():
             c = ops.constant(_stack(source, layer, k, range(experts), shape), shared_memory=True)

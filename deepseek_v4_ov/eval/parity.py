@@ -58,6 +58,7 @@ def variant(spec: str) -> dict:
     """`export` keywords of a format variant `FORMAT[:OPTION...]` (OPTION: `gN`, or one of FLAGS), e.g.
     `int4:asym:g32` -> weight_format int4, sym False, group_size 32. Checked as the export checks them
     (ValueError naming the variant)."""
+    from deepseek_v4_ov.compress.formats import format_named
     from deepseek_v4_ov.export.options import ExportOptions
 
     fmt, *flags = spec.split(":")
@@ -72,7 +73,7 @@ def variant(spec: str) -> dict:
             raise ValueError(f"--weight-formats {spec}: unknown option {flag!r}; use gN (group size) or one of "
                              f"{', '.join(FLAGS)}")
     try:
-        if fmt == "auto":
+        if format_named(fmt).resolved_from_source:
             raise ValueError("name the format (auto depends on the checkpoint)")
         ExportOptions(Path(), Path(), **options).compression()
     except ValueError as err:

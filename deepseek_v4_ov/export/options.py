@@ -6,38 +6,32 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from deepseek_v4_ov.compress.native import NATIVE, check_native_options
+from deepseek_v4_ov.compress.formats import AUTO, DATA_AWARE_FORMATS, FP32, WeightFormat, default_format, format_named
+from deepseek_v4_ov.compress.native import check_native_options
 from deepseek_v4_ov.compress.policy import CompressionOptions
 from deepseek_v4_ov.model.configuration_deepseek_v4 import DSPARK, MTP
 
-AUTO = "auto"
+AUTO_DRAFTER = "auto"
 NO_DRAFTER = "none"
-DRAFTERS = (AUTO, MTP, DSPARK, NO_DRAFTER)
+DRAFTERS = (AUTO_DRAFTER, MTP, DSPARK, NO_DRAFTER)
 """`--drafter`: `mtp` / `dspark` export the checkpoint's MTP block / DSpark stages as the drafter IR (and
 the target's `drafter_taps` output), `auto` the checkpoint's drafter if it has one, `none` (the default)
 the target alone."""
-RELEASE_DEFAULT_FORMAT = "int4"
-"""`auto` for a release-layout (FP8/FP4) source: the runnable 4-bit format (as optimum-cli defaults large
-models to int8); sources in BF16/FP32 (the toys) keep fp32."""
-
-
-def default_weight_format(storage_format: str) -> str:
-    """The format `auto` stands for, given the source's validated storage format (`Checkpoint.fmt`)."""
-    return RELEASE_DEFAULT_FORMAT if storage_format == "fp8" else "fp32"
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """`deepseek-v4-ov export` in one object. `weight_format` is an NNCF format (`compress/policy.py`),
-    `native` (the release's own codes, `compress/native.py`), which takes none of the NNCF options, or
-    `auto` (the default: `default_weight_format` of the source, fixed by `resolved` once the source is
-    read). `whole` traces the model as one piece (default: one piece per unit, so that memory is bounded by
-    the largest layer); both give the same IR. `drafter` is one of DRAFTERS (`drafter_for` resolves it).
+    """`deepseek-v4-ov export` in one object. `weight_format` names the output format (`format`, its record
+    in `compress/formats.py`): a policy format (`compress/policy.py`), `native` (the release's own codes,
+    `compress/native.py`), which takes none of the NNCF options, or `auto` (the default: `default_format` of
+    the source, fixed by `resolved` once the source is read). `whole` traces the model as one piece
+    (default: one piece per unit, so that memory is bounded by the largest layer); both give the same IR.
+    `drafter` is one of DRAFTERS (`drafter_for` resolves it).
     `jobs`: pieces converted at once (None: `export.memory.default_jobs`; 1: in this process)."""
 
     src: Path
     output: Path
-    weight_format: str = AUTO
+    weight_format: str = AUTO.name
     group_size: int | None = None
     sym: bool | None = None
     ratio: float | None = None
@@ -60,7 +54,8 @@ class ExportOptions:
         object.__setattr__(self, "src", Path(self.src))
         object.__setattr__(self, "output", Path(self.output))
         if self.weight_format is None:
-            object.__setattr__(self, "weight_format", AUTO)
+            object.__setattr__(self, "weight_format", AUTO.name)
+        format_named(self.weight_format)
         if self.jobs is not None and self.jobs < 1:
             raise ValueError(f"--jobs {self.jobs}: at least 1")
         if self.drafter not in DRAFTERS:
@@ -80,22 +75,26 @@ class ExportOptions:
             names = {MTP: "MTP block", DSPARK: "DSpark drafter"}
             raise ValueError(f"--drafter {self.drafter}: the checkpoint has no {names[self.drafter]}"
                              + (f" (it has a {names[has]}: --drafter {has})" if has else ""))
-        if self.drafter in (MTP, DSPARK) or (self.drafter == AUTO and not self.prefill_only):
+        if self.drafter in (MTP, DSPARK) or (self.drafter == AUTO_DRAFTER and not self.prefill_only):
             return has
         return None
 
     @property
+    def format(self) -> WeightFormat:
+        return format_named(self.weight_format)
+
+    @property
     def native(self) -> bool:
-        return self.weight_format == NATIVE
+        return self.format.keeps_release_codes
 
     @property
     def auto(self) -> bool:
-        return self.weight_format == AUTO
+        return self.format.resolved_from_source
 
     def resolved(self, storage_format: str) -> ExportOptions:
         """These options with `auto` replaced by the format it stands for on a source stored as
         `storage_format`; explicit formats are returned unchanged."""
-        return replace(self, weight_format=default_weight_format(storage_format)) if self.auto else self
+        return replace(self, weight_format=default_format(storage_format).name) if self.auto else self
 
     def compression(self) -> CompressionOptions:
         """The NNCF options (fp32, i.e. none, for `native`); raises ValueError naming a misapplied option."""
@@ -105,12 +104,12 @@ class ExportOptions:
                 self.group_size_fallback, self.head_precision)
         if self.native:
             check_native_options(*nncf)
-        if self.dataset is not None and self.weight_format != "int4":
-            raise ValueError(f"--dataset applies to int4 (NNCF's data-aware 4-bit algorithms), not "
-                             f"{self.weight_format}")
+        if self.dataset is not None and not self.format.data_aware:
+            raise ValueError(f"--dataset applies to {', '.join(DATA_AWARE_FORMATS)} (NNCF's data-aware 4-bit "
+                             f"algorithms), not {self.weight_format}")
         if self.scale_estimation and self.dataset is None:
             raise ValueError("--scale-estimation is data-aware: it needs --dataset")
-        opts = CompressionOptions("fp32" if self.native else self.weight_format, *nncf,
+        opts = CompressionOptions(FP32.name if self.native else self.weight_format, *nncf,
                                   scale_estimation=self.scale_estimation)
         opts.validate()
         return opts
@@ -125,6 +124,6 @@ class ExportOptions:
     def quantization_config(self) -> dict[str, Any]:
         """The resolved compression options as openvino_config.json records them."""
         if self.native:
-            return {"weight_format": NATIVE}
+            return {"weight_format": self.weight_format}
         data = {"dataset": self.dataset, "num_samples": self.samples} if self.dataset else {}
         return {**self.compression().resolved(), **data}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from deepseek_v4_ov.export.plan import CPU_EXPANSION, Projection, project, size_text, unit_of
+from deepseek_v4_ov.export.plan import Projection, project, size_text, unit_of
 from deepseek_v4_ov.checkpoint.layout import CheckpointError, atomic_output_dir
 from deepseek_v4_ov.checkpoint.release import Checkpoint, check_folder, logical_tensors
 from deepseek_v4_ov.compress.calibrate import Calibration, check_dataset, samples
@@ -195,9 +195,9 @@ def physical_memory() -> int:
 
 
 def check_cpu_memory(projection: Projection) -> None:
-    """Refuse a format the CPU plugin expands at compile time (`CPU_EXPANSION`) when the expanded weights
+    """Refuse a format the CPU plugin expands at compile time (its `cpu_expansion`) when the expanded weights
     would not fit in this machine's memory, naming the measured factor and the runnable choice."""
-    factor = CPU_EXPANSION.get(projection.weight_format)
+    factor = projection.format.cpu_expansion
     ram = physical_memory()
     if factor is not None and projection.cpu_private_bytes > ram:
         raise ValueError(

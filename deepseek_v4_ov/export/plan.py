@@ -20,19 +20,14 @@ from deepseek_v4_ov.checkpoint.layout import DTYPE_BYTES, INDEX_NAME
 from deepseek_v4_ov.checkpoint.release import (
     GROUPS, Checkpoint, check_folder, group_of, logical_tensors, stored_entries,
 )
-from deepseek_v4_ov.compress.policy import WEIGHT_FORMATS, CompressionOptions, theoretical_bytes
+from deepseek_v4_ov.compress.formats import NATIVE, WEIGHT_FORMATS, WeightFormat, format_named
+from deepseek_v4_ov.compress.policy import CompressionOptions, theoretical_bytes
 from deepseek_v4_ov.model.modeling_deepseek_v4 import Attention
 
-PROJECTED_FORMATS = ("native", *WEIGHT_FORMATS)
+PROJECTED_FORMATS = (NATIVE.name, *WEIGHT_FORMATS)
 RUNTIME_CONTEXT = 32_768
 """The context (tokens, batch 1) at which runtime memory is projected (the model's maximum if shorter)."""
 STATE_BYTES = 4  # the IR's states are f32
-CPU_EXPANSION = {"native": 14.6, "mxfp4": 14.6}
-"""Private memory per byte of IR weights that OpenVINO 2026.4.1's CPU plugin holds for formats whose routed
-experts it expands when compiling: f4e2m1 experts in GatherMatmul become f32. Measured with
-`benchmarks/upstream/compressed_moe.py --form grouped --weights f4e2m1` (256 experts 2048 x 4096; form
-"experts grouped f4e2m1 (native)" in benchmarks/results/v4_flash_projection.json). The compressed formats
-(int4, int8) hold ~1.0-1.15x: their projection's runtime figure stands."""
 
 
 def unit_of(name: str) -> str:
@@ -54,7 +49,7 @@ def tensor_bytes(config, weight_format: str,
     policy (`compress.policy.theoretical_bytes`, scales and zero points included) with `compression`'s
     options (the format's defaults if None), spread over a group's tensors by element count, the target's
     and the drafter's separately (exact per group and part, so exact in total)."""
-    if weight_format == "native":
+    if format_named(weight_format).keeps_release_codes:
         return lambda name, shape, group: sum(prod(s) * DTYPE_BYTES[d]
                                               for d, s in stored_entries(name, shape, "fp8").values())
     def part(name: str) -> tuple[str, bool]:
@@ -122,6 +117,10 @@ class Projection:
     drafter_bytes: int = 0  # the drafter's weights (`mtp.*`) in this format; not in the IR, not in the figures above
 
     @property
+    def format(self) -> WeightFormat:
+        return format_named(self.weight_format)
+
+    @property
     def runtime_bytes(self) -> int:
         return self.ir_bytes + self.state_bytes
 
@@ -131,8 +130,8 @@ class Projection:
 
     @property
     def cpu_private_bytes(self) -> int:
-        """The CPU plugin's private memory for the weights of this format (`CPU_EXPANSION`; 1x otherwise)."""
-        return int(self.ir_bytes * CPU_EXPANSION.get(self.weight_format, 1.0))
+        """The CPU plugin's private memory for the weights of this format (its `cpu_expansion`; 1x otherwise)."""
+        return int(self.ir_bytes * (self.format.cpu_expansion or 1.0))
 
     def describe(self) -> str:
         return (f"{self.weight_format}: IR weights ~{size_text(self.ir_bytes)}, conversion peak "

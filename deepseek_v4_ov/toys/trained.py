@@ -117,11 +117,12 @@ def write_trained_toy(output: Path, name: str, fmt: str = "fp8", overwrite: bool
     (FP8/FP4 times E8M0 scales are exact in BF16 too, so all three formats hold the same model). Returns the
     in-memory FP32 model."""
     from deepseek_v4_ov.checkpoint.layout import CONFIG_NAME, atomic_output_dir, write_shards
-    from deepseek_v4_ov.toys.writer import FORMATS, official_config_dict, official_dtype
     from deepseek_v4_ov.checkpoint.layout import copy_bundled_code
+    from deepseek_v4_ov.checkpoint.release import STORAGE_FORMATS
+    from deepseek_v4_ov.toys.writer import official_config_dict, official_dtype
 
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
+    if fmt not in STORAGE_FORMATS:
+        raise ValueError(f"unknown toy format {fmt!r}; choose one of {STORAGE_FORMATS}")
     model, stored = build_model(name, drafter)
     if fmt != "fp8":
         stored = {k: t.to(official_dtype(k, t, fmt)) for k, t in model.state_dict().items()}

@@ -20,13 +20,12 @@ from typing import Any
 import torch
 
 from deepseek_v4_ov.checkpoint.layout import AUTO_MAP, CONFIG_NAME, atomic_output_dir, copy_bundled_code, write_shards
-from deepseek_v4_ov.checkpoint.release import EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, round_to_release, storage_class
+from deepseek_v4_ov.checkpoint.release import (
+    EXPERT_DTYPE, F32, QUANTIZATION_CONFIG, STORAGE_FORMATS, round_to_release, storage_class,
+)
 from deepseek_v4_ov.model.configuration_deepseek_v4 import COMPRESS_RATIOS, DSPARK, MTP, SLIDING, DeepseekV4Config
 from deepseek_v4_ov.model.modeling_deepseek_v4 import DeepseekV4ForCausalLM
 from deepseek_v4_ov.toys.tokenizer import write_toy_tokenizer
-
-FORMATS = ("bf16", "fp32", "fp8")
-"""fp8 is the release layout: FP4 routed experts and FP8 linears with E8M0 scales, the rest BF16/F32/I64."""
 
 NOT_SETTABLE = ("self", "kwargs", "experts_implementation")
 """`DeepseekV4Config.__init__` parameters `--set` refuses: the catch-all, and a how-not-what switch that
@@ -128,12 +127,12 @@ def toy_config(preset: dict[str, Any], sets: Iterable[str] = (), drafter: str | 
     return out
 
 
-def official_dtype(name: str, tensor: torch.Tensor, fmt: str) -> torch.dtype:
+def official_dtype(name: str, tensor: torch.Tensor, source_format: str) -> torch.dtype:
     """Storage dtype of one tensor in a bf16 or fp32 toy: integer tables keep theirs; with bf16 the tensors
     the release keeps in F32 (`official.storage_class`) stay F32, everything else is BF16."""
     if not tensor.is_floating_point():
         return tensor.dtype
-    if fmt == "fp32" or storage_class(name) == F32:
+    if source_format == "fp32" or storage_class(name) == F32:
         return torch.float32
     return torch.bfloat16
 
@@ -148,8 +147,8 @@ def _toy_and_tensors(
 ) -> tuple[DeepseekV4ForCausalLM, dict[str, torch.Tensor]]:
     """The toy model and the tensors its checkpoint stores; with fp8 the model holds exactly the
     dequantised values of the stored FP8/FP4 weights."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown toy format {fmt!r}; choose one of {FORMATS}")
+    if fmt not in STORAGE_FORMATS:
+        raise ValueError(f"unknown toy format {fmt!r}; choose one of {STORAGE_FORMATS}")
     config = DeepseekV4Config(**preset)
     torch.manual_seed(seed)
     model = DeepseekV4ForCausalLM(config).eval()
@@ -162,7 +161,7 @@ def _toy_and_tensors(
     return model, round_to_release(model)
 
 
-def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:
+def official_config_dict(config: DeepseekV4Config, source_format: str) -> dict[str, Any]:
     """config.json content: the official keys plus the `auto_map` for trust_remote_code."""
     fields = inspect.signature(DeepseekV4Config.__init__).parameters
     data = {k: v for k, v in config.to_dict().items() if k in fields}
@@ -170,9 +169,10 @@ def official_config_dict(config: DeepseekV4Config, fmt: str) -> dict[str, Any]:
         "architectures": ["DeepseekV4ForCausalLM"],
         "model_type": "deepseek_v4",
         "auto_map": AUTO_MAP,
-        "torch_dtype": "float32" if fmt == "fp32" else "bfloat16",
+        "torch_dtype": "float32" if source_format == "fp32" else "bfloat16",
         **dict(sorted(data.items())),
-        **({"quantization_config": QUANTIZATION_CONFIG, "expert_dtype": EXPERT_DTYPE} if fmt == "fp8" else {}),
+        **({"quantization_config": QUANTIZATION_CONFIG, "expert_dtype": EXPERT_DTYPE}
+           if source_format == "fp8" else {}),
     }
 
 
