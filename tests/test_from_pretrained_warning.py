@@ -21,35 +21,21 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import openvino as ov
 import pytest
 
+from conftest import ROOT
 from deepseek_v4_ov.export.folder import IR_XML, openvino_config, write_folder
+
+sys.path.insert(0, str(ROOT / "benchmarks" / "upstream"))
+from dynamic_module_name import stand_in_ir  # noqa: E402  (the reproducer's stand-in IR)
 
 MODULE_NAME = "The module name  (originally ) is not a valid Python identifier"
 OFFLINE_NOTE = "Could not infer whether the model was already converted or not to the OpenVINO IR"
-
-
-def stand_in_ir(vocab: int) -> ov.Model:
-    """input_ids/attention_mask/position_ids/beam_idx -> logits `[B, S, vocab]`, one state (beam-reordered)."""
-    import openvino.opset13 as ops
-    from openvino.op.util import Variable, VariableInfo
-
-    params = [ops.parameter([-1, -1], ov.Type.i64, name=n) for n in ("input_ids", "attention_mask", "position_ids")]
-    params.append(ops.parameter([-1], ov.Type.i32, name="beam_idx"))
-    for p in params:
-        p.output(0).get_tensor().set_names({p.get_friendly_name()})
-    info = VariableInfo()
-    info.data_shape, info.data_type, info.variable_id = ov.PartialShape([-1, -1]), ov.Type.f32, "past"
-    var = Variable(info)
-    state = ops.gather(ops.read_value(ops.convert(params[0], ov.Type.f32), var), params[3], 0)
-    logits = ops.gather(ops.constant(np.eye(vocab, dtype=np.float32)), params[0], 0)
-    logits.output(0).get_tensor().set_names({"logits"})
-    return ov.Model([logits.output(0)], [ops.assign(state, var)], params, "stand_in")
 
 
 @pytest.fixture(scope="module")
