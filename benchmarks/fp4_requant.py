@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--json")
-    ap.add_argument("--results", "--readme", dest="results", type=Path,
+    ap.add_argument("--results", type=Path,
                     help="write benchmarks/RESULTS.md's `fp4-requant` block from this JSON and exit")
     args = ap.parse_args()
     if args.results:

@@ -548,7 +548,7 @@ def main() -> int:
     ap.add_argument("--worker-s", type=float, default=60, help="time one slice measurement is assumed to take")
     ap.add_argument("--json")
     ap.add_argument("--projection", help="merge the runtime projection into this JSON")
-    ap.add_argument("--results", "--readme", dest="results", type=Path,
+    ap.add_argument("--results", type=Path,
                     help="write benchmarks/RESULTS.md's `v4-flash-projection` block from this projection JSON "
                          "and exit")
     ap.add_argument("--merge", type=Path, help="merge this earlier --json result into --projection and exit")

@@ -686,7 +686,7 @@ def main() -> int:
     ap.add_argument("--keep-irs", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse IRs and as-converted GGUFs found in --workdir")
     ap.add_argument("--json")
-    ap.add_argument("--results", "--readme", dest="results", type=Path,
+    ap.add_argument("--results", type=Path,
                     help="write benchmarks/RESULTS.md's `llama-cpp` block from this JSON and exit")
     ap.add_argument("--check", action="store_true", help="numerics: llama.cpp vs the PyTorch port, trained toy")
     ap.add_argument("--check-new", type=int, default=48)

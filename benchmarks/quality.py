@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--cost", nargs="*", default=[], help="variants to export in a child process first, for their "
                                                         "conversion time and peak memory")
     ap.add_argument("--json", help="write the run here")
-    ap.add_argument("--results", "--readme", dest="results", type=Path, nargs="+",
+    ap.add_argument("--results", type=Path, nargs="+",
                     help="write benchmarks/RESULTS.md's `quality` block from these runs' JSON (no measuring)")
     args = ap.parse_args()
     if args.results is not None:

@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS of target and drafter alike "
                                                            "(default 0: the plugin's choice, all cores)")
     ap.add_argument("--json", default=None, help="write the results here (e.g. benchmarks/results/speculative.json)")
-    ap.add_argument("--results", "--readme", dest="results", nargs="+", type=Path, metavar="JSON",
+    ap.add_argument("--results", nargs="+", type=Path, metavar="JSON",
                     help="write benchmarks/RESULTS.md's `speculative` block from these runs' JSON files and exit")
     args = ap.parse_args()
     if args.results:

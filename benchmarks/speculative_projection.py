@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--projection", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "v4_flash_projection.json")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--results", "--readme", dest="results", action="store_true",
+    ap.add_argument("--results", action="store_true",
                     help="also write benchmarks/RESULTS.md's `speculative-projection` block")
     args = ap.parse_args()
     source = json.loads(args.projection.read_text())

@@ -8,24 +8,19 @@ model."""
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conversion_memory import export_measured, write_synthetic  # benchmarks/ is on sys.path (conftest)
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from deepseek_v4_ov.checkpoint.release import load_model
+from deepseek_v4_ov.toys.writer import write_toy
+from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with
+from deepseek_v4_ov.convert.pieces import convert_model
+from deepseek_v4_ov.toys.presets import PRESETS
+from test_weights import compressed_constants
 
-from conversion_memory import export_measured, write_synthetic  # noqa: E402
-
-from deepseek_v4_ov.checkpoint.release import load_model  # noqa: E402
-from deepseek_v4_ov.toys.writer import write_toy  # noqa: E402
-from deepseek_v4_ov.compress.policy import CompressionOptions, compress_with  # noqa: E402
-from deepseek_v4_ov.convert.pieces import convert_model  # noqa: E402
-from deepseek_v4_ov.toys.presets import PRESETS  # noqa: E402
-from test_weights import compressed_constants  # noqa: E402
-
-import openvino as ov  # noqa: E402
+import openvino as ov
 
 
 def wide() -> dict:

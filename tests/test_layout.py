@@ -65,10 +65,15 @@ def imported(module: str, is_init: bool, tree: ast.Module) -> list[tuple[str, li
 
 
 def import_graph(sources: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[str, int]], list[str]]:
-    """(module -> path, module -> {imported module of the tree: line}, private-name imports in the package)."""
-    paths = {module_name(p): p for p in sources}
+    """(module -> path, module -> {imported module of the tree: line}, problems: private-name imports in the
+    package and files sharing a module name)."""
+    paths: dict[str, str] = {}
+    problems = []
+    for path in sources:
+        other = paths.setdefault(module_name(path), path)
+        if other != path:  # one plain name on sys.path for two files: the graph would see only one
+            problems.append(f"{path}: module name {module_name(path)!r} is also {other}'s")
     graph: dict[str, dict[str, int]] = {m: {} for m in paths}
-    private = []
     for module, path in paths.items():
         tree = ast.parse(sources[path], path)
         for base, names, line in imported(module, path.endswith("__init__.py"), tree):
@@ -76,8 +81,8 @@ def import_graph(sources: dict[str, str]) -> tuple[dict[str, str], dict[str, dic
             if targets:
                 graph[module].setdefault(targets[0], line)
             if path.startswith(PACKAGE + "/") and base.startswith(PACKAGE) and base != module:
-                private += [f"{path}:{line}: from {base} import {n}" for n in names if n.startswith("_")]
-    return paths, graph, private
+                problems += [f"{path}:{line}: from {base} import {n}" for n in names if n.startswith("_")]
+    return paths, graph, problems
 
 
 def layout_violations(sources: dict[str, str]) -> list[str]:
@@ -143,7 +148,8 @@ def test_planted_sideways_import_and_circles_are_caught():
     bad = layout_violations(sources)
     assert "deepseek_v4_ov/toys/planted.py:1: imports deepseek_v4_ov.compress.policy (stage compress over toys)" in bad
     assert "import circle: planted_a -> planted_b -> planted_a" in bad
-    assert "import circle: deepseek_v4_ov.eval.metrics -> deepseek_v4_ov.eval.planted -> deepseek_v4_ov.eval.metrics" in bad
+    assert ("import circle: deepseek_v4_ov.eval.metrics -> deepseek_v4_ov.eval.planted -> "
+            "deepseek_v4_ov.eval.metrics") in bad
     assert len(bad) == 3, bad
 
 
@@ -152,6 +158,13 @@ def test_planted_private_import_is_caught():
     sources["deepseek_v4_ov/eval/planted.py"] = "from deepseek_v4_ov.compress.weights import _row_split\n"
     assert layout_violations(sources) == [
         "deepseek_v4_ov/eval/planted.py:1: from deepseek_v4_ov.compress.weights import _row_split"]
+
+
+def test_two_files_of_one_module_name_are_caught():
+    """Scripts and tests import each other by plain name: a second `quality.py` would hide one of them."""
+    sources = tree_sources(ROOT)
+    sources["tests/quality.py"] = "import os\n"
+    assert layout_violations(sources) == ["tests/quality.py: module name 'quality' is also benchmarks/quality.py's"]
 
 
 def test_bundled_pair_is_self_contained():
